@@ -1,2 +1,42 @@
+"""`broadcaster`: the command line. Thin: parses, calls one engine function, prints.
+
+Command groups live in broadcaster/commands/ (one module each) and are joined here.
+"""
+
+from __future__ import annotations
+
 import typer
-app = typer.Typer()
+
+from broadcaster.commands import campaign, db, templates
+from broadcaster.commands.common import setup_logging
+
+app = typer.Typer(
+    name="broadcaster",
+    help="WhatsApp broadcast dispatch engine. Settings come from the environment "
+         "(DATABASE_URL, WHATSAPP_API_URL, WHATSAPP_TOKEN, WHATSAPP_PHONE_NUMBER_ID, …).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what happens")) -> None:
+    """WhatsApp broadcast dispatch engine."""
+    setup_logging(verbose)
+
+
+app.add_typer(db.app, name="db")
+app.add_typer(templates.app, name="templates")
+app.add_typer(campaign.app, name="campaign")
+app.command("worker")(campaign.worker_cmd)
+
+try:  # groups written alongside; joined as they land
+    from broadcaster.commands import contacts, segments
+
+    app.add_typer(contacts.app, name="contacts")
+    app.add_typer(segments.app, name="segments")
+except ImportError:  # pragma: no cover
+    pass
+
+if __name__ == "__main__":
+    app()

@@ -72,6 +72,8 @@ CREATE TABLE campaigns (
     template_name      text NOT NULL,
     default_language   text NOT NULL,
     variables          jsonb NOT NULL DEFAULT '{}',     -- placeholder key -> 'contact.<field>' or a constant
+    unknown_policy     text NOT NULL DEFAULT 'resend',  -- what happens to rows still `unknown` after the grace period
+    unknown_grace_s    integer NOT NULL DEFAULT 900,
     phone_number_id    text,
     state              text NOT NULL DEFAULT 'draft',   -- draft|scheduled|running|paused|completed|cancelled
     pause_reason       text,
@@ -100,6 +102,7 @@ CREATE TABLE ledger (
     error_code         integer,
     error_title        text,
     skip_reason        text,
+    unknown_resolution text,                            -- how an `unknown` row was settled: webhook | resent | failed
     claimed_at         timestamptz,
     accepted_at        timestamptz,
     sent_at            timestamptz,

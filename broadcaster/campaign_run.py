@@ -1,0 +1,179 @@
+"""Running campaigns: the foreground `campaign launch` and the long-running `broadcaster worker`.
+
+One campaign's life here: pre-flight (compile the template, refuse on problems), hand its rows to
+the dispatcher, trip the circuit breaker into a pause, and mark it completed once the ledger has no
+unsettled row. Every durable decision is a row in Postgres; nothing worker-local decides anything
+that survives the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from broadcaster.campaigns import Campaign, compile_for, get_campaign_by_id, pause_by_id
+from broadcaster.config import Settings
+from broadcaster.db import Database
+from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
+from broadcaster.errors import BroadcasterError, ConfigError
+from broadcaster.ledger import LedgerStore
+from broadcaster.limits import PgTokenStore
+from broadcaster.sql import QUERIES
+from broadcaster.transport import CloudApiTransport, TransportConfig
+from ratelimit import AimdController, SharedBucket
+
+log = logging.getLogger("broadcaster.campaign_run")
+
+DEFAULT_MPS = 80
+
+
+def worker_id() -> str:
+    """Who holds a lease: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Number:
+    """One sender number's live limiter state in this process."""
+
+    phone_number_id: str
+    mps: float
+    bucket: SharedBucket
+    aimd: AimdController
+    transport: CloudApiTransport
+
+
+@dataclass
+class RunOptions:
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    mps_override: float | None = None   # e.g. benchmarks with the limiter opened wide
+    only_campaign: int | None = None    # foreground launch: this campaign only, stop when it stops
+
+
+class CampaignRunner:
+    """Feeds the dispatcher the running campaigns, with a limiter and transport per sender number."""
+
+    def __init__(self, db: Database, settings: Settings, options: RunOptions) -> None:
+        self.db = db
+        self.settings = settings
+        self.options = options
+        self.ledger = LedgerStore(db)
+        self.tokens = PgTokenStore(db)
+        self.owner = worker_id()
+        self._numbers: dict[str, _Number] = {}
+        self._compiled: dict[int, tuple[Any, Campaign]] = {}
+        self.dispatcher = Dispatcher(
+            self.ledger, self._open_lane, campaigns=self._campaigns, owner=self.owner,
+            config=options.dispatch, on_halt=self._on_halt, on_idle=self._on_idle)
+
+    def _open_lane(self, phone_number_id: str) -> Any:
+        return self._numbers[phone_number_id].transport.open_lane()
+
+    async def _number(self, phone_number_id: str | None) -> _Number:
+        pid = phone_number_id or self.settings.whatsapp_phone_number_id
+        if not pid:
+            raise ConfigError("no sender number: set WHATSAPP_PHONE_NUMBER_ID or give the campaign a number "
+                              "(`broadcaster numbers add …`)")
+        num = self._numbers.get(pid)
+        if num is None:
+            row = await self.db.fetchrow("SELECT mps FROM sender_numbers WHERE phone_number_id = $1", pid)
+            mps = float(self.options.mps_override or (row["mps"] if row else DEFAULT_MPS))
+            aimd = AimdController(ceiling=mps)
+            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=mps, burst=max(1.0, mps / 10))
+            transport = CloudApiTransport(
+                TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
+                pid)
+            num = _Number(pid, mps, bucket, aimd, transport)
+            self._numbers[pid] = num
+        return num
+
+    async def _campaigns(self) -> list[CampaignSlot]:
+        rows = await self.db.fetch(QUERIES["running_campaigns"])
+        slots = []
+        for r in rows:
+            if self.options.only_campaign is not None and r["id"] != self.options.only_campaign:
+                continue
+            cached = self._compiled.get(r["id"])
+            if cached is None:
+                campaign = await get_campaign_by_id(self.db, r["id"])
+                try:
+                    compiled, _category = await compile_for(self.db, campaign)
+                except BroadcasterError as exc:
+                    log.error("preflight campaign=%s failed: %s", campaign.name, exc)
+                    await pause_by_id(self.db, campaign.id, reason="preflight_failed",
+                                      detail={"error": str(exc)})
+                    continue
+                cached = (compiled, campaign)
+                self._compiled[r["id"]] = cached
+            compiled, campaign = cached
+            num = await self._number(campaign.phone_number_id)
+            slot = CampaignSlot(
+                id=campaign.id, name=campaign.name, compiled=compiled, limiter=_AimdLimiter(num),
+                number=num.phone_number_id,
+                on_throttle=lambda retry_after, n=num: _throttled(n, retry_after),
+                on_success=lambda n=num: _succeeded(n))
+            slots.append(slot)
+        active_ids = {s.id for s in slots}
+        for cid in list(self._compiled):
+            if cid not in active_ids:
+                del self._compiled[cid]  # paused/finished: recompile (pre-flight again) on resume
+        return slots
+
+    async def _on_halt(self, campaign_id: int, code: int | None, title: str) -> None:
+        await pause_by_id(self.db, campaign_id, reason=f"circuit_breaker:{code}",
+                          detail={"code": code, "title": title})
+
+    async def _on_idle(self, campaign_ids: list[int]) -> None:
+        for cid in campaign_ids:
+            if await self.ledger.complete_if_settled(cid):
+                log.info("campaign_completed id=%s", cid)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.dispatcher.run(task_status=task_status)
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+
+
+class _AimdLimiter:
+    """The number's shared bucket, re-rated by its AIMD controller before each take."""
+
+    def __init__(self, num: _Number) -> None:
+        self.num = num
+
+    async def take(self, n: int = 1) -> None:
+        num = self.num
+        hold = num.aimd.hold_until
+        if hold is not None and hold > trio.current_time():
+            await trio.sleep_until(hold)
+        rate = num.aimd.current_rate()
+        if abs(rate - num.bucket.statistics().rate) > 1e-9:
+            num.bucket.set_rate(rate)
+        await num.bucket.take(n)
+
+
+def _throttled(num: _Number, retry_after: float | None) -> None:
+    num.aimd.on_throttle(retry_after)
+
+
+def _succeeded(num: _Number) -> None:
+    num.aimd.on_success()
+
+
+async def run_until_settled(db: Database, settings: Settings, campaign_id: int, *,
+                            options: RunOptions | None = None,
+                            on_started: Callable[[CampaignRunner], Any] | None = None) -> None:
+    """Send one campaign in the foreground until it completes, pauses or is cancelled (or SIGINT)."""
+    opts = options or RunOptions()
+    opts.only_campaign = campaign_id
+    runner = CampaignRunner(db, settings, opts)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        if on_started is not None:
+            on_started(runner)

@@ -1,0 +1,254 @@
+"""Campaigns: creation, pre-flight, freezing the audience into the ledger, state transitions.
+
+    draft ─launch─▶ running ─pause─▶ paused ─resume─▶ running ─(ledger settled)─▶ completed
+      │ └─schedule─▶ scheduled ─due─▶ running            any non-final ─cancel─▶ cancelled
+    The engine pauses a running campaign itself with a reason (circuit breaker, tier_exhausted).
+
+Every transition is one conditional UPDATE (`… WHERE state IN (…)`), so two launchers, a worker
+and a manager can race and exactly one transition wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from broadcaster.db import Connection, Database, UniqueViolation
+from broadcaster.errors import BroadcasterError, NotFoundError, StateError, UsageError
+from broadcaster.segment_store import get_segment
+from broadcaster.template_store import load_variants
+from segments.filters import compile_filter
+from templates import CompiledCampaign, PreflightError, compile_campaign
+
+FINAL_STATES = ("completed", "cancelled")
+
+
+class PreflightFailed(BroadcasterError):
+    """The campaign's template or variables cannot work; nothing was sent. Lists every problem."""
+
+    def __init__(self, campaign: str, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"campaign '{campaign}' cannot launch, pre-flight found "
+                         f"{len(problems)} problem(s):\n{lines}")
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: int
+    name: str
+    workspace: str
+    segment: str
+    template_name: str
+    default_language: str
+    variables: dict[str, str]
+    phone_number_id: str | None
+    state: str
+    pause_reason: str | None
+    pause_detail: dict[str, Any] | None
+    audience_frozen_at: datetime | None
+    unknown_policy: str
+    unknown_grace_s: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_COLUMNS = ("id, name, workspace, segment, template_name, default_language, variables, phone_number_id,"
+            " state, pause_reason, pause_detail, audience_frozen_at, unknown_policy, unknown_grace_s,"
+            " created_at, started_at, finished_at")
+
+
+def _campaign(row: Any) -> Campaign:
+    data = dict(row)
+    data["variables"] = orjson.loads(data["variables"]) if data["variables"] else {}
+    data["pause_detail"] = orjson.loads(data["pause_detail"]) if data["pause_detail"] else None
+    return Campaign(**data)
+
+
+def parse_var_options(items: list[str]) -> dict[str, str]:
+    """`--var KEY=VALUE` options → mapping; a malformed one is a usage error naming it."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--var {item!r}: expected KEY=VALUE, e.g. --var 1=contact.name")
+        out[key.strip()] = value
+    return out
+
+
+async def get_campaign(db: Database | Connection, name: str) -> Campaign:
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM campaigns WHERE name = $1", name)
+    if row is None:
+        raise NotFoundError(f"campaign '{name}' does not exist: see `broadcaster campaign list`")
+    return _campaign(row)
+
+
+async def get_campaign_by_id(db: Database, campaign_id: int) -> Campaign:
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM campaigns WHERE id = $1", campaign_id)
+    if row is None:
+        raise NotFoundError(f"campaign id {campaign_id} does not exist")
+    return _campaign(row)
+
+
+async def compile_for(db: Database | Connection, campaign: Campaign) -> tuple[CompiledCampaign, str]:
+    """Pre-flight: the campaign's template variants + variables compiled (and the template's
+    category), or PreflightFailed listing every problem."""
+    variants = await load_variants(db, campaign.template_name)
+    try:
+        compiled = compile_campaign(variants, campaign.variables,
+                                    default_language=campaign.default_language)
+    except PreflightError as exc:
+        raise PreflightFailed(campaign.name, list(exc.problems)) from exc
+    return compiled, variants[campaign.default_language].category
+
+
+async def create_campaign(db: Database, name: str, *, segment: str, template: str,
+                          variables: dict[str, str], default_language: str | None = None,
+                          phone_number_id: str | None = None, unknown_policy: str = "resend",
+                          unknown_grace_s: int = 900) -> Campaign:
+    """Create a draft campaign after checking its segment, template and variables (pre-flight)."""
+    if unknown_policy not in ("resend", "fail"):
+        raise UsageError(f"--unknown-policy must be resend or fail, got {unknown_policy!r}")
+    seg = await get_segment(db, segment)
+    variants = await load_variants(db, template)
+    language = default_language or ("en" if "en" in variants else sorted(variants)[0])
+    try:
+        compile_campaign(variants, variables, default_language=language)
+    except PreflightError as exc:
+        raise PreflightFailed(name, list(exc.problems)) from exc
+    try:
+        row = await db.fetchrow(
+            "INSERT INTO campaigns (name, workspace, segment, template_name, default_language, variables,"
+            " phone_number_id, unknown_policy, unknown_grace_s)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}",
+            name, seg.workspace, segment, template, language, orjson.dumps(variables).decode(),
+            phone_number_id, unknown_policy, unknown_grace_s)
+    except UniqueViolation as exc:
+        raise StateError(f"campaign '{name}' already exists: pick another name") from exc
+    return _campaign(row)
+
+
+async def freeze_audience(conn: Connection, campaign: Campaign, compiled: CompiledCampaign,
+                          *, marketing: bool) -> int:
+    """Write one ledger row per segment member, inside Postgres (one INSERT … SELECT).
+
+    Deduplicated by WhatsApp number; per recipient: the template language (contact's language,
+    its fallback, else the campaign default) and `skipped` with a reason for blocked contacts,
+    and — for a MARKETING template — opted-out contacts and the frequency cap. Idempotent.
+    """
+    seg = await get_segment(conn, campaign.segment)
+    where, params = compile_filter(seg, first_param=1, alias="c")
+    languages = [r["language"] for r in await conn.fetch(
+        f"SELECT DISTINCT c.language FROM contacts c WHERE {where}", *params)]
+    src = [lang for lang in languages if lang is not None]
+    chosen = [compiled.choose_language(lang) for lang in src]
+    cap = await conn.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", campaign.workspace)
+    where, params = compile_filter(seg, first_param=7, alias="c")
+    status = await conn.execute(
+        f"""
+        INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, skip_reason)
+        SELECT $1, c.id, c.wa_id, COALESCE(m.chosen, $2),
+               CASE WHEN s.reason IS NULL THEN 'pending' ELSE 'skipped' END, s.reason
+        FROM contacts c
+        LEFT JOIN unnest($3::text[], $4::text[]) AS m(src, chosen) ON m.src = c.language
+        CROSS JOIN LATERAL (SELECT CASE
+            WHEN c.status = 'blocked' THEN 'blocked'
+            WHEN $5::boolean AND NOT c.marketing_opt_in THEN 'opted_out'
+            WHEN $5::boolean AND $6::integer IS NOT NULL
+                 AND (SELECT count(*) FROM ledger l2 WHERE l2.contact_id = c.id
+                      AND l2.accepted_at > now() - interval '24 hours') >= $6::integer
+                 THEN 'frequency_cap'
+            END AS reason) s
+        WHERE {where}
+        ON CONFLICT (campaign_id, wa_id) DO NOTHING
+        """,
+        campaign.id, compiled.default_language, src, chosen, marketing, cap, *params)
+    await conn.execute("UPDATE campaigns SET audience_frozen_at = now() WHERE id = $1", campaign.id)
+    return int(status.split()[-1])
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    campaign: Campaign
+    started_now: bool         # False: it was already running (another launcher or worker has it)
+    frozen_rows: int
+
+
+async def launch(db: Database, name: str) -> LaunchResult:
+    """draft/scheduled → running, freezing the audience first. Safe to call twice at once: exactly
+    one caller moves it; the other sees `started_now=False`."""
+    campaign = await get_campaign(db, name)
+    if campaign.state in FINAL_STATES:
+        raise StateError(f"campaign '{name}' is {campaign.state}; create a new campaign to send again")
+    if campaign.state == "paused":
+        raise StateError(f"campaign '{name}' is paused ({campaign.pause_reason}): "
+                         f"use `broadcaster campaign resume {name}`")
+    compiled, category = await compile_for(db, campaign)
+    if campaign.state == "running":
+        return LaunchResult(campaign, False, 0)
+    async with db.transaction() as conn:
+        moved = await conn.fetchrow(
+            "UPDATE campaigns SET state = 'running', started_at = COALESCE(started_at, now()),"
+            " pause_reason = NULL, pause_detail = NULL, updated_at = now()"
+            " WHERE id = $1 AND state IN ('draft', 'scheduled') RETURNING id", campaign.id)
+        if moved is None:
+            return LaunchResult(await get_campaign(conn, name), False, 0)
+        frozen = await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
+    return LaunchResult(await get_campaign(db, name), True, frozen)
+
+
+async def pause(db: Database, name: str, *, reason: str = "manual", detail: dict[str, Any] | None = None) -> Campaign:
+    campaign = await get_campaign(db, name)
+    row = await db.fetchrow(
+        "UPDATE campaigns SET state = 'paused', pause_reason = $2, pause_detail = $3, updated_at = now()"
+        " WHERE id = $1 AND state = 'running' RETURNING id",
+        campaign.id, reason, orjson.dumps(detail).decode() if detail else None)
+    if row is None:
+        raise StateError(f"campaign '{name}' is {campaign.state}, not running: nothing to pause")
+    return await get_campaign(db, name)
+
+
+async def pause_by_id(db: Database, campaign_id: int, *, reason: str, detail: dict[str, Any] | None = None) -> bool:
+    """Engine-initiated pause (circuit breaker, tier). True when this call paused it."""
+    row = await db.fetchrow(
+        "UPDATE campaigns SET state = 'paused', pause_reason = $2, pause_detail = $3, updated_at = now()"
+        " WHERE id = $1 AND state = 'running' RETURNING id",
+        campaign_id, reason, orjson.dumps(detail).decode() if detail else None)
+    return row is not None
+
+
+async def resume(db: Database, name: str) -> Campaign:
+    """paused → running after pre-flight passes again. Continues with exactly the unsettled rows."""
+    campaign = await get_campaign(db, name)
+    if campaign.state != "paused":
+        raise StateError(f"campaign '{name}' is {campaign.state}, not paused: nothing to resume")
+    await compile_for(db, campaign)
+    await db.execute(
+        "UPDATE campaigns SET state = 'running', pause_reason = NULL, pause_detail = NULL,"
+        " updated_at = now() WHERE id = $1 AND state = 'paused'", campaign.id)
+    return await get_campaign(db, name)
+
+
+async def cancel(db: Database, name: str) -> Campaign:
+    """Any non-final state → cancelled; rows not yet sent become skipped('cancelled')."""
+    campaign = await get_campaign(db, name)
+    if campaign.state in FINAL_STATES:
+        raise StateError(f"campaign '{name}' is already {campaign.state}")
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE campaigns SET state = 'cancelled', finished_at = now(), updated_at = now()"
+            " WHERE id = $1", campaign.id)
+        await conn.execute(
+            "UPDATE ledger SET state = 'skipped', skip_reason = 'cancelled', lease_owner = NULL,"
+            " lease_until = NULL, updated_at = now() WHERE campaign_id = $1 AND state = 'pending'",
+            campaign.id)
+    return await get_campaign(db, name)
+
+
+async def list_campaigns(db: Database) -> list[Campaign]:
+    rows = await db.fetch(f"SELECT {_COLUMNS} FROM campaigns ORDER BY id")
+    return [_campaign(r) for r in rows]

@@ -1,0 +1,256 @@
+"""`broadcaster campaign …` and `broadcaster worker`: create, launch, watch, control, report."""
+
+from __future__ import annotations
+
+import signal
+
+import orjson
+import trio
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from broadcaster import campaigns as camp
+from broadcaster.campaign_run import CampaignRunner, RunOptions
+from broadcaster.commands.common import console, database, err_console, run, settings
+from broadcaster.dispatch import DispatchConfig
+from broadcaster.ledger import LedgerStore
+from broadcaster.report import campaign_report
+
+app = typer.Typer(help="Campaigns: create, launch, pause/resume/cancel, status, report.",
+                  no_args_is_help=True)
+
+
+@app.command("create")
+def create_cmd(
+    name: str = typer.Argument(..., help="unique campaign name"),
+    segment: str = typer.Option(..., "--segment", help="segment name (see `broadcaster segments list`)"),
+    template: str = typer.Option(..., "--template", help="template name (see `broadcaster templates list`)"),
+    var: list[str] = typer.Option([], "--var", help="KEY=VALUE: 1=contact.name, header.link=https://…, "
+                                                    "button.0=contact.external_id, or a constant"),
+    language: str | None = typer.Option(None, "--language", help="default template language (else en)"),
+    number: str | None = typer.Option(None, "--number", help="sender phone_number_id (else the default)"),
+    unknown_policy: str = typer.Option("resend", "--unknown-policy",
+                                       help="rows still unknown after the grace period: resend|fail"),
+    unknown_grace: int = typer.Option(900, "--unknown-grace", help="grace period for unknown rows, s"),
+) -> None:
+    """Create a draft campaign (checks segment, template and variables first)."""
+
+    async def main() -> None:
+        variables = camp.parse_var_options(var)
+        async with database() as db:
+            c = await camp.create_campaign(
+                db, name, segment=segment, template=template, variables=variables,
+                default_language=language, phone_number_id=number, unknown_policy=unknown_policy,
+                unknown_grace_s=unknown_grace)
+        console.print(f"created campaign '{c.name}' (draft): segment {c.segment}, template "
+                      f"{c.template_name}, default language {c.default_language}")
+
+    run(main)
+
+
+async def _send_in_foreground(name: str, options: RunOptions, *, quiet: bool) -> None:
+    async with database(max_size=8) as db:
+        result = await camp.launch(db, name)
+        c = result.campaign
+        if not result.started_now:
+            console.print(f"campaign '{name}' is already running (another launcher or a worker "
+                          "has it); nothing to do")
+            return
+        console.print(f"launched '{name}': {result.frozen_rows} recipients frozen into the ledger")
+        await _drive(db, c.id, options, quiet=quiet)
+
+
+async def _drive(db: camp.Database, campaign_id: int, options: RunOptions, *, quiet: bool) -> None:
+    """Run the dispatcher for one campaign with a progress bar; SIGINT/SIGTERM stop it cleanly."""
+    options.only_campaign = campaign_id
+    runner = CampaignRunner(db, settings(), options)
+    ledger = LedgerStore(db)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, runner, nursery.cancel_scope)
+        progress_scope = trio.CancelScope()
+        if not quiet:
+            nursery.start_soon(_progress, ledger, campaign_id, progress_scope)
+        await runner.run()
+        progress_scope.cancel()
+        nursery.cancel_scope.cancel()
+    counts = await ledger.counts(campaign_id)
+    c = await camp.get_campaign_by_id(db, campaign_id)
+    state = c.state + (f" ({c.pause_reason})" if c.pause_reason else "")
+    console.print(f"campaign '{c.name}' is {state}: accepted {counts['accepted']}, failed "
+                  f"{counts['failed']}, skipped {counts['skipped']}, unknown {counts['unknown']}, "
+                  f"pending {counts['pending']}")
+
+
+async def _stop_on_signal(runner: CampaignRunner, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        first = True
+        async for _ in signals:
+            if first:
+                err_console.print("stopping: finishing in-flight sends and recording outcomes "
+                                  "(again to abort)")
+                runner.stop()
+                first = False
+            else:
+                scope.cancel()
+
+
+async def _progress(ledger: LedgerStore, campaign_id: int, scope: trio.CancelScope) -> None:
+    with scope:
+        columns = (TextColumn("[bold]sending"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[detail]}"), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("send", total=None, detail="")
+            while True:
+                counts = await ledger.counts(campaign_id)
+                done = counts.audience - counts.unsettled
+                bar.update(task, total=counts.audience, completed=done,
+                           detail=f"accepted {counts['accepted']} failed {counts['failed']} "
+                                  f"unknown {counts['unknown']}")
+                await trio.sleep(0.25)
+
+
+@app.command("launch")
+def launch_cmd(
+    name: str,
+    detach: bool = typer.Option(False, "--detach", help="only mark it running; workers send it"),
+    lanes: int = typer.Option(32, "--lanes", help="concurrent sender lanes"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Freeze the audience and send in the foreground with a progress bar (or --detach)."""
+
+    async def main() -> None:
+        if detach:
+            async with database() as db:
+                result = await camp.launch(db, name)
+            if result.started_now:
+                console.print(f"campaign '{name}' is running: {result.frozen_rows} recipients frozen; "
+                              "`broadcaster worker` processes will send it")
+            else:
+                console.print(f"campaign '{name}' is already running; nothing to do")
+            return
+        await _send_in_foreground(name, RunOptions(dispatch=DispatchConfig(lanes=lanes)), quiet=quiet)
+
+    run(main)
+
+
+@app.command("resume")
+def resume_cmd(name: str, detach: bool = typer.Option(False, "--detach"),
+               quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """paused → running (pre-flight again); continues with exactly the unsettled recipients."""
+
+    async def main() -> None:
+        async with database(max_size=8) as db:
+            c = await camp.resume(db, name)
+            console.print(f"campaign '{name}' is running again")
+            if not detach:
+                await _drive(db, c.id, RunOptions(), quiet=quiet)
+
+    run(main)
+
+
+@app.command("pause")
+def pause_cmd(name: str) -> None:
+    """running → paused; workers stop claiming its rows (in-flight sends finish)."""
+
+    async def main() -> None:
+        async with database() as db:
+            await camp.pause(db, name)
+        console.print(f"campaign '{name}' is paused")
+
+    run(main)
+
+
+@app.command("cancel")
+def cancel_cmd(name: str) -> None:
+    """Cancel; rows not yet sent become skipped(cancelled)."""
+
+    async def main() -> None:
+        async with database() as db:
+            await camp.cancel(db, name)
+        console.print(f"campaign '{name}' is cancelled")
+
+    run(main)
+
+
+@app.command("status")
+def status_cmd(name: str) -> None:
+    """State and recipients per ledger state."""
+
+    async def main() -> None:
+        async with database() as db:
+            report = await campaign_report(db, name)
+        state = report["state"] + (f" ({report['pause_reason']})" if report["pause_reason"] else "")
+        console.print(f"campaign {report['campaign']}: {state}, audience {report['audience']}")
+        table = Table("state", "recipients")
+        for key in ("pending", "claimed", "unknown", "accepted", "sent", "delivered", "read",
+                    "failed", "skipped"):
+            table.add_row(key, str(report[key]))
+        console.print(table)
+
+    run(main)
+
+
+@app.command("report")
+def report_cmd(name: str, as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:
+    """The campaign's outcome, from the ledger: funnel, failures by code, skipped by reason."""
+
+    async def main() -> None:
+        async with database() as db:
+            report = await campaign_report(db, name)
+        if as_json:
+            typer.echo(orjson.dumps(report).decode())
+            return
+        console.print(f"[bold]campaign {report['campaign']}[/] ({report['state']}), template "
+                      f"{report['template']}, segment {report['segment']}")
+        table = Table("audience", "accepted", "sent", "delivered", "read", "failed", "skipped",
+                      "unknown", "pending")
+        table.add_row(*(str(report[k]) for k in ("audience", "accepted", "sent", "delivered", "read",
+                                                 "failed", "skipped", "unknown", "pending")))
+        console.print(table)
+        if report["failures_by_code"]:
+            ft = Table("error code", "title", "recipients")
+            for code, n in report["failures_by_code"].items():
+                ft.add_row(code, str(report["failure_titles"].get(code) or ""), str(n))
+            console.print(ft)
+        if report["skipped_by_reason"]:
+            st = Table("skipped because", "recipients")
+            for reason, n in report["skipped_by_reason"].items():
+                st.add_row(reason, str(n))
+            console.print(st)
+
+    run(main)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Every campaign with its state."""
+
+    async def main() -> None:
+        async with database() as db:
+            items = await camp.list_campaigns(db)
+        table = Table("name", "state", "segment", "template", "created")
+        for c in items:
+            table.add_row(c.name, c.state + (f" ({c.pause_reason})" if c.pause_reason else ""),
+                          c.segment, c.template_name, c.created_at.strftime("%Y-%m-%d %H:%M"))
+        console.print(table)
+
+    run(main)
+
+
+def worker_cmd(lanes: int = typer.Option(32, "--lanes", help="concurrent sender lanes"),
+               batch_size: int = typer.Option(200, "--batch-size")) -> None:
+    """Long-running: send for every running campaign. Run any number of them, on any hosts."""
+
+    async def main() -> None:
+        async with database(max_size=8) as db:
+            runner = CampaignRunner(db, settings(), RunOptions(
+                dispatch=DispatchConfig(lanes=lanes, batch_size=batch_size)))
+            runner.dispatcher.stay_idle = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, runner, nursery.cancel_scope)
+                console.print(f"worker {runner.owner} started; Ctrl-C stops it cleanly")
+                await runner.run()
+                nursery.cancel_scope.cancel()
+
+    run(main)

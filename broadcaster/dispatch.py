@@ -1,0 +1,336 @@
+"""The dispatch pipeline: claim → render → limit → send → record. What runs, not one campaign's life
+(that is campaign_run.py).
+
+    claimer ──jobs (bounded)──▶ N sender lanes ──outcomes (bounded)──▶ writer
+       │  claim_batch (1 round trip / batch)        │ limiter, POST       │ record_results (1 / batch)
+       └─ expire leases, complete campaigns         │                     └─ circuit breaker, AIMD
+
+What it needs from outside, as two small protocols: the ledger store (batch calls only) and the
+transport (one lane per sender task).
+
+Guarantees:
+- never sends a ledger row twice on its own: a row is claimed once, and a row whose outcome is
+  unknown (timeout, connection lost after the request left) is recorded `unknown`, not retried;
+- throttling (130429, 131056, 429, …) is never a failure: the row is deferred and its attempt
+  budget is not consumed;
+- stopping (SIGINT/SIGTERM → `stop()`) means: stop claiming, give back rows not yet handed to a
+  lane, let in-flight requests finish, write every outcome, return.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import trio
+
+from broadcaster.classify import title_for
+from broadcaster.errors import (
+    CampaignHaltError,
+    OutcomeUnknown,
+    PermanentSendError,
+    ThrottledError,
+    TransientSendError,
+)
+from broadcaster.ledger import ClaimedRow, Outcome, callback_data
+from broadcaster.logs import mask_phone
+from broadcaster.transport import SendResult
+from templates import CompiledCampaign, Skip, build_message
+
+log = logging.getLogger("broadcaster.dispatch")
+
+
+class LedgerPort(Protocol):
+    async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
+                          owner: str) -> list[ClaimedRow]: ...
+    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str) -> int: ...
+    async def release_claims(self, ids: Sequence[int], *, owner: str) -> None: ...
+    async def expire_leases(self, campaign_ids: Sequence[int]) -> int: ...
+
+
+class LanePort(Protocol):
+    async def send(self, body: bytes) -> SendResult: ...
+    async def aclose(self) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """The per-number messages/s budget (see ratelimit.SharedBucket)."""
+
+    async def take(self, n: int = 1) -> None: ...
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    lanes: int = 32                  # concurrent sender lanes (one connection each)
+    batch_size: int = 200            # rows per claim round trip
+    lease_s: float = 120.0           # a claimed row not recorded within this becomes `unknown`
+    max_attempts: int = 5            # transient failures before `failed`
+    backoff_base_s: float = 2.0      # transient retry: base·2^(attempt-1) with full jitter, capped
+    backoff_cap_s: float = 300.0
+    throttle_defer_s: float = 1.0    # a throttled row waits at least this (or Retry-After)
+    flush_interval_s: float = 0.1    # the writer flushes at least this often
+    idle_poll_s: float = 0.5         # with nothing to claim, look again after this (other processes add work)
+    lease_sweep_s: float = 5.0       # how often expired leases and the unknown grace policy are applied
+    halt_threshold: int = 3          # campaign-level errors before the circuit breaker pauses it
+
+    def __post_init__(self) -> None:
+        for name in ("lanes", "batch_size", "max_attempts", "halt_threshold"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DispatchConfig.{name} must be at least 1")
+
+
+def transient_retry_at(now: datetime, attempt: int, cfg: DispatchConfig, rng: random.Random) -> datetime:
+    """When a transiently failed row may be tried again: full jitter over base·2^(attempt-1).
+
+    attempt 1 → up to 2 s, 2 → up to 4 s, 3 → up to 8 s, … capped at backoff_cap_s.
+    """
+    ceiling = min(cfg.backoff_cap_s, cfg.backoff_base_s * (2 ** max(0, attempt - 1)))
+    return now + timedelta(seconds=rng.uniform(ceiling / 2, ceiling))
+
+
+@dataclass
+class CampaignSlot:
+    """What the pipeline holds for one running campaign."""
+
+    id: int
+    name: str
+    compiled: CompiledCampaign
+    limiter: RateLimiter
+    number: str                     # sender phone_number_id: lanes keep one connection per number
+    on_throttle: Callable[[float | None], None] = lambda retry_after: None
+    on_success: Callable[[], None] = lambda: None
+    active: bool = True
+    halt_errors: int = 0
+
+
+@dataclass
+class _Job:
+    row: ClaimedRow
+    body: bytes
+
+
+@dataclass
+class DispatchStatistics:
+    claimed: int = 0
+    sent_requests: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Sends the claimable rows of a set of campaigns until stopped or until `campaigns()` is empty.
+
+    `campaigns` is a callback returning the current running campaigns (refreshed every claim
+    cycle), `on_halt(campaign_id, code, title)` is called once when the circuit breaker trips.
+    """
+
+    def __init__(self, ledger: LedgerPort, open_lane: Callable[[str], LanePort], *,
+                 campaigns: Callable[[], Any], owner: str, config: DispatchConfig | None = None,
+                 on_halt: Callable[[int, int | None, str], Any] | None = None,
+                 on_idle: Callable[[Sequence[int]], Any] | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 rng: random.Random | None = None) -> None:
+        self.ledger = ledger
+        self.open_lane = open_lane
+        self.campaigns = campaigns
+        self.owner = owner
+        self.cfg = config or DispatchConfig()
+        self.on_halt = on_halt
+        self.on_idle = on_idle
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.stats = DispatchStatistics()
+        self._slots: dict[int, CampaignSlot] = {}
+        self._stop = trio.Event()
+        self.stay_idle = False  # a worker waits for campaigns; a foreground launch returns when none is left
+
+    def stop(self) -> None:
+        """Request a clean stop: no new claims; in-flight work is finished and recorded."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped, or until no campaign is left to send for. Never loses an outcome."""
+        jobs_send, jobs_recv = trio.open_memory_channel[_Job](self.cfg.lanes * 2)
+        out_send, out_recv = trio.open_memory_channel[Outcome](self.cfg.batch_size * 2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, out_recv)
+            async with out_send:
+                async with trio.open_nursery() as lanes:
+                    for _ in range(self.cfg.lanes):
+                        lanes.start_soon(self._lane, jobs_recv.clone(), out_send.clone())
+                    jobs_recv.close()
+                    task_status.started()
+                    await self._claimer(jobs_send, out_send)
+
+    # ---- claimer -------------------------------------------------------------------------
+
+    async def _claimer(self, jobs: trio.MemorySendChannel[_Job],
+                       outcomes: trio.MemorySendChannel[Outcome]) -> None:
+        async with jobs:
+            last_sweep = -1e9
+            while not self._stop.is_set():
+                slots = await self.campaigns()
+                self._slots = {s.id: s for s in slots}
+                active = [s.id for s in slots if s.active]
+                if not active:
+                    if not self.stay_idle:
+                        break
+                    with trio.move_on_after(self.cfg.idle_poll_s):
+                        await self._stop.wait()
+                    continue
+                now_t = trio.current_time()
+                if now_t - last_sweep >= self.cfg.lease_sweep_s:
+                    last_sweep = now_t
+                    await self.ledger.expire_leases(active)
+                rows = await self.ledger.claim_batch(active, self.cfg.batch_size,
+                                                     lease_s=self.cfg.lease_s, owner=self.owner)
+                self.stats.claimed += len(rows)
+                if not rows:
+                    if self.on_idle is not None:
+                        await self.on_idle(active)
+                    with trio.move_on_after(self.cfg.idle_poll_s):
+                        await self._stop.wait()
+                    continue
+                handed = 0
+                try:
+                    for row in rows:
+                        slot = self._slots.get(row.campaign_id)
+                        job_or_outcome = self._render(slot, row)
+                        if isinstance(job_or_outcome, Outcome):
+                            await outcomes.send(job_or_outcome)
+                        else:
+                            await jobs.send(job_or_outcome)
+                        handed += 1
+                        if self._stop.is_set():
+                            break
+                finally:
+                    rest = [r.id for r in rows[handed:]]
+                    if rest:
+                        with trio.move_on_after(10, shield=True):
+                            await self.ledger.release_claims(rest, owner=self.owner)
+
+    def _render(self, slot: CampaignSlot | None, row: ClaimedRow) -> _Job | Outcome:
+        if slot is None:
+            return Outcome(row.id, "pending", campaign_id=row.campaign_id)  # campaign stopped meanwhile: give it back untouched
+        result = slot.compiled.render(row.contact, row.language)
+        if isinstance(result, Skip):
+            return Outcome(row.id, "skipped", campaign_id=row.campaign_id, skip_reason=result.reason)
+        body = build_message(row.wa_id, result.template, callback_data(row.campaign_id, row.id))
+        return _Job(row, body)
+
+    # ---- lanes ---------------------------------------------------------------------------
+
+    async def _lane(self, jobs: trio.MemoryReceiveChannel[_Job],
+                    outcomes: trio.MemorySendChannel[Outcome]) -> None:
+        lanes: dict[str, LanePort] = {}  # one connection per sender number this task has used
+        try:
+            async with jobs, outcomes:
+                async for job in jobs:
+                    slot = self._slots.get(job.row.campaign_id)
+                    if self._stop.is_set() or slot is None or not slot.active:
+                        await outcomes.send(Outcome(job.row.id, "pending", campaign_id=job.row.campaign_id))
+                        continue
+                    await slot.limiter.take(1)
+                    lane = lanes.get(slot.number)
+                    if lane is None:
+                        lane = lanes[slot.number] = self.open_lane(slot.number)
+                    outcome = await self._send_one(lane, slot, job)
+                    await outcomes.send(outcome)
+        finally:
+            with trio.move_on_after(5, shield=True):
+                for lane in lanes.values():
+                    await lane.aclose()
+
+    async def _send_one(self, lane: LanePort, slot: CampaignSlot, job: _Job) -> Outcome:
+        row = job.row
+        now = self.clock()
+        self.stats.sent_requests += 1
+        try:
+            result = await lane.send(job.body)
+        except ThrottledError as exc:
+            slot.on_throttle(exc.retry_after)
+            wait = max(self.cfg.throttle_defer_s, exc.retry_after or 0.0)
+            if exc.pair:
+                wait = max(wait, 4.0 ** min(row.attempts, 4))
+            return Outcome(row.id, "pending", campaign_id=row.campaign_id, retry_at=now + timedelta(seconds=wait))
+        except TransientSendError as exc:
+            attempt = row.attempts + 1
+            if attempt >= self.cfg.max_attempts:
+                return Outcome(row.id, "failed", campaign_id=row.campaign_id, code=exc.code, title=exc.title or str(exc)[:200],
+                               attempt_inc=1)
+            return Outcome(row.id, "pending", campaign_id=row.campaign_id, code=exc.code, title=exc.title, attempt_inc=1,
+                           retry_at=transient_retry_at(now, attempt, self.cfg, self.rng))
+        except PermanentSendError as exc:
+            log.info("send_result campaign=%s to=%s outcome=failed code=%s", slot.name,
+                     mask_phone(row.wa_id), exc.code)
+            return Outcome(row.id, "failed", campaign_id=row.campaign_id, code=exc.code, title=exc.title, attempt_inc=1)
+        except CampaignHaltError as exc:
+            return Outcome(row.id, "halt", campaign_id=row.campaign_id, code=exc.code, title=exc.title)
+        except OutcomeUnknown as exc:
+            log.warning("send_result campaign=%s to=%s outcome=unknown detail=%s", slot.name,
+                        mask_phone(row.wa_id), exc)
+            return Outcome(row.id, "unknown", campaign_id=row.campaign_id, attempt_inc=1)
+        except trio.Cancelled:
+            raise
+        slot.on_success()
+        return Outcome(row.id, "accepted", campaign_id=row.campaign_id, wamid=result.wamid, attempt_inc=1)
+
+    # ---- writer --------------------------------------------------------------------------
+
+    async def _writer(self, outcomes: trio.MemoryReceiveChannel[Outcome]) -> None:
+        """Collect outcomes and write them in batches; trips the circuit breaker."""
+        buf: list[Outcome] = []
+        async with outcomes:
+            while True:
+                closed = False
+                with trio.move_on_after(self.cfg.flush_interval_s):
+                    while len(buf) < self.cfg.batch_size:
+                        try:
+                            buf.append(await outcomes.receive())
+                        except trio.EndOfChannel:
+                            closed = True
+                            break
+                if buf:
+                    batch, buf = buf, []
+                    with trio.CancelScope(shield=True):
+                        await self._flush(batch)
+                if closed:
+                    return
+
+    async def _flush(self, batch: list[Outcome]) -> None:
+        halts: dict[int, Outcome] = {}
+        to_write: list[Outcome] = []
+        release: list[int] = []
+        for o in batch:
+            self.stats.outcomes[o.state] = self.stats.outcomes.get(o.state, 0) + 1
+            if o.state == "halt":
+                # the row is not burnt: it goes back to pending, untouched
+                release.append(o.id)
+                halts[o.id] = o
+            elif o.state == "pending" and o.retry_at is None and o.attempt_inc == 0:
+                release.append(o.id)
+            else:
+                to_write.append(o)
+        await self.ledger.record_results(to_write, owner=self.owner)
+        await self.ledger.release_claims(release, owner=self.owner)
+        if halts:
+            await self._trip_breaker(halts)
+
+    async def _trip_breaker(self, halts: dict[int, Outcome]) -> None:
+        by_campaign: dict[int, Outcome] = {}
+        for o in halts.values():
+            slot = self._slots.get(o.campaign_id)
+            if slot is not None:
+                by_campaign.setdefault(o.campaign_id, o)
+                slot.halt_errors += 1
+        for cid, o in by_campaign.items():
+            slot = self._slots[cid]
+            if slot.active and slot.halt_errors >= self.cfg.halt_threshold:
+                slot.active = False
+                log.error("circuit_breaker campaign=%s code=%s title=%s", slot.name, o.code,
+                          o.title or title_for(o.code))
+                if self.on_halt is not None:
+                    await self.on_halt(cid, o.code, o.title or title_for(o.code))

@@ -1,0 +1,108 @@
+-- Ledger and campaign queries. Each block: `-- name: x`, then a one-line note.
+
+-- name: claim_batch
+-- Claim up to $2 sendable rows of the given running campaigns for worker $4, lease $3 seconds.
+-- SKIP LOCKED: any number of workers on any hosts share a campaign; none can claim the same row.
+-- Sendable: `pending` whose retry time (if any) has come. Contact data comes back for rendering.
+WITH picked AS (
+    SELECT id FROM ledger
+    WHERE campaign_id = ANY($1::int[])
+      AND state = 'pending'
+      AND (retry_at IS NULL OR retry_at <= now())
+    ORDER BY campaign_id, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ledger l
+SET state = 'claimed', lease_until = now() + make_interval(secs => $3), lease_owner = $4,
+    claimed_at = now(), updated_at = now()
+FROM picked, contacts c
+WHERE l.id = picked.id AND c.id = l.contact_id
+RETURNING l.id, l.campaign_id, l.wa_id, l.language, l.attempts,
+          c.name, c.genre, c.language AS contact_language, c.city, c.followers, c.external_id,
+          c.attributes
+
+-- name: record_results
+-- Write one batch of outcomes (arrays, one element per row). Only rows still leased by this worker
+-- (claimed, or turned `unknown` after its lease expired) change: a late answer never overwrites a
+-- state that a webhook or another worker has already moved on.
+UPDATE ledger l
+SET state = r.state,
+    wamid = COALESCE(r.wamid, l.wamid),
+    error_code = COALESCE(r.code, CASE WHEN r.state IN ('accepted', 'pending') THEN NULL ELSE l.error_code END),
+    error_title = COALESCE(r.title, CASE WHEN r.state IN ('accepted', 'pending') THEN NULL ELSE l.error_title END),
+    attempts = l.attempts + r.attempt_inc,
+    retry_at = r.retry_at,
+    skip_reason = COALESCE(r.skip_reason, l.skip_reason),
+    accepted_at = CASE WHEN r.state = 'accepted' THEN now() ELSE l.accepted_at END,
+    failed_at = CASE WHEN r.state = 'failed' THEN now() ELSE l.failed_at END,
+    unknown_resolution = CASE WHEN l.state = 'unknown' AND r.state = 'accepted' THEN 'late_answer'
+                              ELSE l.unknown_resolution END,
+    lease_until = NULL,
+    lease_owner = CASE WHEN r.state = 'unknown' THEN l.lease_owner ELSE NULL END,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[],
+            $7::timestamptz[], $8::text[])
+     AS r(id, state, wamid, code, title, attempt_inc, retry_at, skip_reason)
+WHERE l.id = r.id AND l.lease_owner = $9 AND l.state IN ('claimed', 'unknown')
+
+-- name: expire_leases
+-- Rows whose lease ran out while claimed may have been sent (the worker died mid-batch): they become
+-- `unknown`, never `pending`, so nobody re-sends them blindly. Webhooks or the grace policy settle them.
+UPDATE ledger SET state = 'unknown', updated_at = now()
+WHERE campaign_id = ANY($1::int[]) AND state = 'claimed' AND lease_until < now()
+
+-- name: resolve_unknown_resend
+-- Unknown rows older than their campaign's grace period, policy `resend`: back to pending, counted.
+UPDATE ledger l SET state = 'pending', unknown_resolution = 'resent', lease_owner = NULL,
+       retry_at = NULL, updated_at = now()
+FROM campaigns k
+WHERE l.campaign_id = k.id AND k.id = ANY($1::int[]) AND k.unknown_policy = 'resend'
+  AND l.state = 'unknown' AND l.updated_at < now() - make_interval(secs => k.unknown_grace_s)
+
+-- name: resolve_unknown_fail
+-- Unknown rows older than their campaign's grace period, policy `fail`: failed, counted.
+UPDATE ledger l SET state = 'failed', unknown_resolution = 'failed', failed_at = now(), updated_at = now()
+FROM campaigns k
+WHERE l.campaign_id = k.id AND k.id = ANY($1::int[]) AND k.unknown_policy = 'fail'
+  AND l.state = 'unknown' AND l.updated_at < now() - make_interval(secs => k.unknown_grace_s)
+
+-- name: release_claims
+-- Give back rows claimed by this worker that were never handed to a lane (clean shutdown, pause).
+UPDATE ledger SET state = 'pending', lease_until = NULL, lease_owner = NULL, updated_at = now()
+WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'claimed'
+
+-- name: campaign_counts
+-- Recipients per ledger state for one campaign: every report number derives from this.
+SELECT state, count(*)::bigint AS n FROM ledger WHERE campaign_id = $1 GROUP BY state
+
+-- name: unsettled_count
+-- Rows not yet in a terminal state; a campaign is complete exactly when this is zero.
+SELECT count(*) FROM ledger WHERE campaign_id = $1 AND state IN ('pending', 'claimed', 'unknown')
+
+-- name: next_retry_at
+-- When the earliest deferred row of these campaigns becomes sendable (NULL if none is deferred).
+SELECT min(retry_at) FROM ledger
+WHERE campaign_id = ANY($1::int[]) AND state = 'pending' AND retry_at > now()
+
+-- name: complete_campaign
+-- running → completed, only when nothing is left unsettled (decided by the ledger, not a counter).
+UPDATE campaigns SET state = 'completed', finished_at = now(), updated_at = now()
+WHERE id = $1 AND state = 'running'
+  AND NOT EXISTS (SELECT 1 FROM ledger WHERE campaign_id = $1 AND state IN ('pending', 'claimed', 'unknown'))
+RETURNING id
+
+-- name: running_campaigns
+-- Campaigns workers may send for.
+SELECT id, name, workspace, template_name, default_language, variables, phone_number_id
+FROM campaigns WHERE state = 'running' ORDER BY id
+
+-- name: failures_by_code
+-- Failed rows per error code for one campaign.
+SELECT error_code, max(error_title) AS title, count(*)::bigint AS n FROM ledger
+WHERE campaign_id = $1 AND state = 'failed' GROUP BY error_code ORDER BY n DESC
+
+-- name: skipped_by_reason
+-- Skipped rows per reason for one campaign.
+SELECT skip_reason, count(*)::bigint AS n FROM ledger
+WHERE campaign_id = $1 AND state = 'skipped' GROUP BY skip_reason ORDER BY n DESC
