@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from broadcaster.commands import campaign, db, templates
+from broadcaster.commands import campaign, db, demo, templates
 from broadcaster.commands.common import setup_logging
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(templates.app, name="templates")
 app.add_typer(campaign.app, name="campaign")
 app.command("worker")(campaign.worker_cmd)
+app.command("sandbox")(demo.sandbox_cmd)
+app.command("demo")(demo.demo_cmd)
 
 try:  # groups written alongside; joined as they land
     from broadcaster.commands import contacts, segments

@@ -214,7 +214,8 @@ class Dispatcher:
 
     def _render(self, slot: CampaignSlot | None, row: ClaimedRow) -> _Job | Outcome:
         if slot is None:
-            return Outcome(row.id, "pending", campaign_id=row.campaign_id)  # campaign stopped meanwhile: give it back untouched
+            # the campaign stopped meanwhile: give the row back untouched
+            return Outcome(row.id, "pending", campaign_id=row.campaign_id)
         result = slot.compiled.render(row.contact, row.language)
         if isinstance(result, Skip):
             return Outcome(row.id, "skipped", campaign_id=row.campaign_id, skip_reason=result.reason)
@@ -231,7 +232,8 @@ class Dispatcher:
                 async for job in jobs:
                     slot = self._slots.get(job.row.campaign_id)
                     if self._stop.is_set() or slot is None or not slot.active:
-                        await outcomes.send(Outcome(job.row.id, "pending", campaign_id=job.row.campaign_id))
+                        await outcomes.send(Outcome(job.row.id, "pending",
+                                                    campaign_id=job.row.campaign_id))
                         continue
                     await slot.limiter.take(1)
                     lane = lanes.get(slot.number)
@@ -259,10 +261,10 @@ class Dispatcher:
         except TransientSendError as exc:
             attempt = row.attempts + 1
             if attempt >= self.cfg.max_attempts:
-                return Outcome(row.id, "failed", campaign_id=row.campaign_id, code=exc.code, title=exc.title or str(exc)[:200],
-                               attempt_inc=1)
-            return Outcome(row.id, "pending", campaign_id=row.campaign_id, code=exc.code, title=exc.title, attempt_inc=1,
-                           retry_at=transient_retry_at(now, attempt, self.cfg, self.rng))
+                return Outcome(row.id, "failed", campaign_id=row.campaign_id, code=exc.code,
+                               title=exc.title or str(exc)[:200], attempt_inc=1)
+            return Outcome(row.id, "pending", campaign_id=row.campaign_id, code=exc.code, title=exc.title,
+                           attempt_inc=1, retry_at=transient_retry_at(now, attempt, self.cfg, self.rng))
         except PermanentSendError as exc:
             log.info("send_result campaign=%s to=%s outcome=failed code=%s", slot.name,
                      mask_phone(row.wa_id), exc.code)

@@ -8,9 +8,12 @@ Each test owns its data through unique names (`uniq`), so tests never need a fre
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import orjson
 import pytest
 import trio
 
@@ -60,3 +63,39 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 def uniq() -> str:
     """A short unique suffix: tests name their workspaces/campaigns with it to own their data."""
     return uuid.uuid4().hex[:8]
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SANDBOX_NUMBER = "106540352242922"
+
+
+@pytest.fixture(scope="session")
+def template_docs() -> list[dict]:
+    """The Graph `message_templates` entries shipped in examples/ (20 templates, all statuses)."""
+    return orjson.loads((EXAMPLES / "message_templates.json").read_bytes())["data"]
+
+
+@pytest.fixture(scope="session")
+def sandbox(template_docs: list[dict]) -> Iterator[object]:
+    """The built-in Cloud API sandbox on 127.0.0.1, one per test session, in its own thread.
+
+    Unlimited mps, validating template sends against the shipped templates. Tests use their own
+    recipient numbers (`phone_factory`) and read per-recipient counts, so they can share it.
+    """
+    from broadcaster.sandbox import SandboxConfig, SandboxThread
+
+    with SandboxThread(SandboxConfig(templates=template_docs, mps=0, phone_number_id=SANDBOX_NUMBER,
+                                     token="test-token")) as thread:
+        yield thread
+
+
+@pytest.fixture
+def phone_factory() -> Iterator[object]:
+    """Unique, valid Indian mobile numbers in WhatsApp digit form (91 + 10 digits)."""
+    prefix = f"9{random.randint(10, 99)}{random.randint(100, 999)}"
+    counter = iter(range(10_000))
+
+    def make() -> str:
+        return f"91{prefix}{next(counter):04d}0"[:12]
+
+    yield make

@@ -1,0 +1,83 @@
+"""A real campaign end to end: Postgres ledger, httpcore lanes, the sandbox over real HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from broadcaster.campaigns import PreflightFailed, get_campaign
+from broadcaster.db import Database
+from broadcaster.ledger import LedgerStore
+from broadcaster.report import campaign_report
+from tests.integration.factories import campaign_for, run_campaign, settings_for
+
+
+async def sandbox_counts(sandbox: object, phones: list[str]) -> dict[str, int]:
+    """Accepted requests per recipient, as counted by the sandbox."""
+    async with httpx.AsyncClient() as client:
+        resp = await client.get(sandbox.base_url.rsplit("/", 1)[0] + "/_sandbox/recipients")  # type: ignore[attr-defined]
+    recipients = resp.json()
+    return {p: recipients.get(p, 0) for p in phones}
+
+
+async def test_campaign_of_300_is_accepted_once_each(db: Database, db_url: str, sandbox: object,
+                                                     uniq: str, phone_factory) -> None:
+    phones = [phone_factory() for _ in range(300)]
+    campaign = await campaign_for(db, uniq, phones)
+    await run_campaign(db, settings_for(db_url, sandbox), campaign)
+
+    counts = await LedgerStore(db).counts(campaign.id)
+    assert counts.audience == 300
+    assert counts["accepted"] == 300, counts.by_state
+    assert (await get_campaign(db, campaign.name)).state == "completed"
+    per_recipient = await sandbox_counts(sandbox, phones)
+    assert set(per_recipient.values()) == {1}, "the sandbox must see exactly one request per recipient"
+    wamids = await db.fetchval("SELECT count(DISTINCT wamid) FROM ledger WHERE campaign_id = $1", campaign.id)
+    assert wamids == 300
+
+
+async def test_report_counts_partition_the_audience(db: Database, db_url: str, sandbox: object,
+                                                    uniq: str, phone_factory) -> None:
+    phones = [phone_factory() for _ in range(40)]
+    campaign = await campaign_for(db, uniq, phones[:30])
+    # ten more contacts who opted out of marketing: skipped at freeze, never sent
+    from tests.integration.factories import add_contacts
+    await add_contacts(db, f"ws_{uniq}", phones[30:], opted_in=False)
+    await run_campaign(db, settings_for(db_url, sandbox), campaign)
+
+    report = await campaign_report(db, campaign.name)
+    assert report["audience"] == 40
+    assert report["accepted"] == 30
+    assert report["skipped_by_reason"] == {"opted_out": 10}
+    states = ("pending", "claimed", "unknown", "accepted", "sent", "delivered", "read", "failed", "skipped")
+    assert sum(report[s] for s in states) == report["audience"]
+    assert set((await sandbox_counts(sandbox, phones[30:])).values()) == {0}
+    orjson.dumps(report)  # JSON-ready
+
+
+async def test_payload_carries_callback_data_and_rendered_values(db: Database, db_url: str, sandbox: object,
+                                                                uniq: str, phone_factory) -> None:
+    phones = [phone_factory() for _ in range(3)]
+    campaign = await campaign_for(db, uniq, phones)
+    await run_campaign(db, settings_for(db_url, sandbox), campaign)
+    base = sandbox.base_url.rsplit("/", 1)[0]  # type: ignore[attr-defined]
+    async with httpx.AsyncClient() as client:
+        sent = (await client.get(f"{base}/_sandbox/messages", params={"limit": 2000})).json()
+    ours = [m for m in sent if m.get("to", "").lstrip("+") in phones]
+    assert len(ours) == 3
+    rows = {r["wa_id"]: r["id"] for r in await db.fetch(
+        "SELECT id, wa_id FROM ledger WHERE campaign_id = $1", campaign.id)}
+    for msg in ours:
+        wa_id = msg["to"].lstrip("+")
+        assert msg["biz_opaque_callback_data"] == f"{campaign.id}:{rows[wa_id]}"
+        body = next(c for c in msg["template"]["components"] if c["type"] == "body")
+        assert [p["text"] for p in body["parameters"]] == [f"Creator {wa_id[-4:]}", "Entertainment",
+                                                          "#MonsoonMasti", "9 PM"]
+        assert msg["template"]["language"] == {"code": "hi"}
+
+
+async def test_paused_template_refuses_to_create(db: Database, uniq: str, phone_factory) -> None:
+    with pytest.raises(PreflightFailed, match=r"^campaign 'camp_\w+' cannot launch, pre-flight found 1 problem"):
+        await campaign_for(db, uniq, [phone_factory()], template="weekly_earnings",
+                           variables={"1": "contact.name", "2": "100"})

@@ -1,0 +1,223 @@
+"""The dispatch pipeline's decisions, with an in-memory ledger and scripted lanes (no socket, no DB).
+
+Time: trio's autojump clock; the ledger's wall clock is derived from it so deferred rows come due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+import trio
+
+from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
+from broadcaster.errors import (
+    CampaignHaltError,
+    OutcomeUnknown,
+    PermanentSendError,
+    ThrottledError,
+    TransientSendError,
+)
+from broadcaster.ledger import ClaimedRow, Outcome
+from broadcaster.transport import SendResult
+from templates import compile_campaign, parse_message_templates
+
+EPOCH = datetime(2026, 12, 3, tzinfo=UTC)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def now() -> datetime:
+    return EPOCH + timedelta(seconds=trio.current_time())
+
+
+class MemoryLedger:
+    """The ledger's batch contract, in memory, with the SQL's conditions."""
+
+    def __init__(self, n: int) -> None:
+        self.rows = {i: {"state": "pending", "attempts": 0, "retry_at": None, "owner": None,
+                         "code": None, "wamid": None} for i in range(1, n + 1)}
+        self.claims = 0
+        self.writes = 0
+
+    async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
+                          owner: str) -> list[ClaimedRow]:
+        await trio.lowlevel.checkpoint()
+        self.claims += 1
+        out = []
+        for rid, r in self.rows.items():
+            if len(out) >= limit:
+                break
+            if r["state"] == "pending" and (r["retry_at"] is None or r["retry_at"] <= now()):
+                r["state"], r["owner"] = "claimed", owner
+                contact = {"name": f"Creator {rid}", "genre": "comedy", "language": "hi",
+                           "external_id": f"x{rid}", "attributes": {}}
+                out.append(ClaimedRow(rid, 1, f"9198000{rid:05d}", "hi", r["attempts"], contact))
+        return out
+
+    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str) -> int:
+        await trio.lowlevel.checkpoint()
+        self.writes += 1
+        for o in outcomes:
+            r = self.rows[o.id]
+            assert r["owner"] == owner and r["state"] in ("claimed", "unknown"), (o, r)
+            r.update(state=o.state, retry_at=o.retry_at, code=o.code, wamid=o.wamid or r["wamid"],
+                     attempts=r["attempts"] + o.attempt_inc, owner=None)
+        return len(outcomes)
+
+    async def release_claims(self, ids: Sequence[int], *, owner: str) -> None:
+        for rid in ids:
+            r = self.rows[rid]
+            if r["state"] == "claimed" and r["owner"] == owner:
+                r.update(state="pending", owner=None)
+
+    async def expire_leases(self, campaign_ids: Sequence[int]) -> int:
+        return 0
+
+    def states(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows.values():
+            out[r["state"]] = out.get(r["state"], 0) + 1
+        return out
+
+
+class ScriptedLane:
+    """Answers per call according to `script(to, call_number)`; records every request body."""
+
+    def __init__(self, script: Callable[[str, int], SendResult | Exception], log: list[dict]) -> None:
+        self.script = script
+        self.log = log
+
+    async def send(self, body: bytes) -> SendResult:
+        await trio.sleep(0.001)
+        msg = orjson.loads(body)
+        self.log.append(msg)
+        calls = sum(1 for m in self.log if m["to"] == msg["to"])
+        answer = self.script(msg["to"], calls)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def aclose(self) -> None:
+        pass
+
+
+class OpenLimiter:
+    async def take(self, n: int = 1) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def compiled_invite():
+    doc = orjson.loads((EXAMPLES / "message_templates.json").read_bytes())
+    variants = {t.language: t for t in parse_message_templates(doc) if t.name == "daily_campaign_invite"}
+    return compile_campaign(variants, {"1": "contact.name", "2": "contact.genre_label", "3": "#x", "4": "9 PM",
+                                       "button.0": "contact.external_id"}, default_language="hi")
+
+
+def make_dispatcher(ledger: MemoryLedger, script, log: list[dict], *, halts: list | None = None,
+                    throttles: list | None = None, **cfg) -> Dispatcher:
+    slot = CampaignSlot(id=1, name="c1", compiled=compiled_invite(), limiter=OpenLimiter(), number="n1",
+                        on_throttle=(throttles.append if throttles is not None else (lambda r: None)))
+    state = {"active": True}
+
+    async def campaigns():
+        done = all(r["state"] not in ("pending", "claimed") for r in ledger.rows.values())
+        return [] if done or not state["active"] else [slot]
+
+    async def on_halt(cid, code, title):
+        state["active"] = False
+        if halts is not None:
+            halts.append((cid, code))
+
+    return Dispatcher(ledger, lambda number: ScriptedLane(script, log), campaigns=campaigns, owner="w1",
+                      config=DispatchConfig(lanes=4, batch_size=10, idle_poll_s=0.5, **cfg),
+                      on_halt=on_halt, clock=now)
+
+
+def accept(to: str, n: int) -> SendResult:
+    return SendResult(wamid=f"wamid.{to}.{n}", message_status="accepted")
+
+
+async def test_every_row_accepted_once(autojump_clock) -> None:
+    ledger, log = MemoryLedger(50), []
+    await make_dispatcher(ledger, accept, log).run()
+    assert ledger.states() == {"accepted": 50}
+    assert len(log) == 50 and len({m["to"] for m in log}) == 50
+    assert ledger.writes < 50, "outcomes are written in batches"
+
+
+async def test_20_throttles_then_success_never_fails_and_spends_no_attempts(autojump_clock) -> None:
+    ledger, log, throttles = MemoryLedger(5), [], []
+    calls = {"n": 0}
+
+    def script(to: str, n: int):
+        calls["n"] += 1
+        if calls["n"] <= 20:
+            return ThrottledError("130429", retry_after=None, code=130429)
+        return accept(to, n)
+
+    await make_dispatcher(ledger, script, log, throttles=throttles).run()
+    assert ledger.states() == {"accepted": 5}
+    assert len(throttles) == 20, "every throttle reaches the limiter's AIMD hook"
+    assert all(r["attempts"] == 1 for r in ledger.rows.values()), "throttling does not consume attempts"
+
+
+async def test_transient_errors_retry_with_backoff_then_fail_with_code(autojump_clock) -> None:
+    ledger, log = MemoryLedger(3), []
+    await make_dispatcher(ledger, lambda to, n: TransientSendError("x", code=131000), log,
+                          max_attempts=4).run()
+    assert ledger.states() == {"failed": 3}
+    assert {r["code"] for r in ledger.rows.values()} == {131000}
+    assert all(r["attempts"] == 4 for r in ledger.rows.values())
+    assert len(log) == 12
+    assert trio.current_time() >= 2.0, "retries waited for their backoff"
+
+
+async def test_permanent_error_fails_only_that_recipient(autojump_clock) -> None:
+    ledger, log = MemoryLedger(10), []
+    bad = "+919800000003"
+
+    def script(to: str, n: int):
+        return PermanentSendError("x", code=131026) if to == bad else accept(to, n)
+
+    await make_dispatcher(ledger, script, log).run()
+    assert ledger.states() == {"accepted": 9, "failed": 1}
+    assert ledger.rows[3]["code"] == 131026
+    assert sum(1 for m in log if m["to"] == bad) == 1
+
+
+async def test_circuit_breaker_pauses_without_burning_the_audience(autojump_clock) -> None:
+    ledger, log, halts = MemoryLedger(100), [], []
+    await make_dispatcher(ledger, lambda to, n: CampaignHaltError("paused", code=132015), log,
+                          halts=halts).run()
+    assert halts == [(1, 132015)]
+    assert ledger.states() == {"pending": 100}, "halted rows go back to pending, untouched"
+    assert len(log) < 20, "the breaker trips within a few failures"
+
+
+async def test_unknown_outcome_is_recorded_and_never_resent(autojump_clock) -> None:
+    ledger, log = MemoryLedger(4), []
+    lost = "+919800000002"
+
+    def script(to: str, n: int):
+        return OutcomeUnknown("read timeout") if to == lost else accept(to, n)
+
+    await make_dispatcher(ledger, script, log).run()
+    assert ledger.states() == {"accepted": 3, "unknown": 1}
+    assert sum(1 for m in log if m["to"] == lost) == 1
+
+
+@pytest.mark.parametrize("stop_after", [0.003, 0.02])
+async def test_stop_records_in_flight_and_releases_the_rest(autojump_clock, stop_after: float) -> None:
+    ledger, log = MemoryLedger(200), []
+    d = make_dispatcher(ledger, accept, log)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(d.run)
+        await trio.sleep(stop_after)
+        d.stop()
+    states = ledger.states()
+    assert "claimed" not in states, "no row is left claimed after a clean stop"
+    assert states.get("accepted", 0) == len(log), "every request sent has its outcome recorded"
+    assert states.get("accepted", 0) + states.get("pending", 0) == 200
