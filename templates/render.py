@@ -107,6 +107,11 @@ def clean_text(value: str) -> str:
     >>> clean_text("Sale starts Monday.\\n\\nBring a friend.\\t!")
     'Sale starts Monday. Bring a friend. !'
     """
+    # Fast path: a printable string has no tab/line break and no non-ASCII whitespace
+    # (str.isprintable is False for Cc, Cf, Zl, Zp and Zs other than " "), so with no run of 5
+    # spaces and no space at either end there is nothing to change.
+    if value.isprintable() and "     " not in value and value[:1] != " " and value[-1:] != " ":
+        return value
     return _CLEAN_RE.sub(" ", value).strip()
 
 
@@ -121,16 +126,20 @@ def _to_str(value: Any) -> str:
 
 
 def _raw_field(contact: Mapping[str, Any], field: str) -> Any:
+    # None and "" both mean "not here" (a CSV row has every column, often empty).
     value = contact.get(field)
-    if value is None:
+    if value is None or value == "":
         attrs = contact.get("attributes")
         if isinstance(attrs, Mapping):
             value = attrs.get(field)
-    return value
+    return None if value == "" else value
 
 
 def _lookup(contact: Mapping[str, Any], field: str) -> str:
-    """contact[field], else contact['attributes'][field], else a derived field, else ''."""
+    """contact[field], else contact['attributes'][field], else a derived field, else ''.
+
+    Missing, None and "" are all "no value" at each step.
+    """
     value = _raw_field(contact, field)
     if value is None:
         derive = _DERIVED.get(field)
@@ -512,7 +521,7 @@ class CompiledCampaign:
                 continue
             value = _lookup(contact, src.field)
             if value:
-                value = _CLEAN_RE.sub(" ", value).strip()
+                value = clean_text(value)
             if not value:
                 return Skip(src.empty_reason)
             values.append(quote(value, safe="/") if src.encode_url else value)

@@ -26,6 +26,7 @@ from templates import (
     compile_campaign,
     load_message_templates,
 )
+from templates.render import _CLEAN_RE
 
 
 def _shared(name: str) -> Path:
@@ -91,6 +92,7 @@ def test_clean_text_leaves_no_newline_tab_or_five_spaces_and_is_idempotent(raw: 
     assert "     " not in out
     assert out == out.strip()
     assert clean_text(out) == out
+    assert out == _CLEAN_RE.sub(" ", raw).strip()  # the fast path changes nothing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +477,21 @@ def test_empty_values_skip_the_recipient(invite: CompiledCampaign) -> None:
     assert slugged.render({"name": "Asha", "genre": "news", "slug": "  "}, "hi") == Skip("empty_value:button.0")
 
 
+def test_empty_media_value_skips_with_the_binding_key() -> None:
+    nudge = compile_campaign(
+        REGISTRY["reactivation_nudge"],
+        {"header.link": "contact.avatar_url", "1": "contact.name", "2": "contact.followers"},
+        default_language="en",
+    )
+    assert nudge.render({"name": "Amit", "followers": 3, "avatar_url": ""}, "en") == Skip("empty_value:header.link")
+    ok = nudge.render({"name": "Amit", "followers": 0, "attributes": {"avatar_url": "https://c.example/a b.jpg"}}, "en")
+    assert isinstance(ok, Rendered)
+    assert ok.template["components"][0]["parameters"] == [
+        {"type": "image", "image": {"link": "https://c.example/a b.jpg"}}
+    ]
+    assert ok.body_text == "Amit, we miss you! You haven't posted in 0 days."
+
+
 def test_contact_attributes_and_derived_fields() -> None:
     t = _template([{"type": "BODY", "text": "{{1}} {{2}} {{3}} {{4}}"}])
     campaign = compile_campaign(
@@ -482,7 +499,13 @@ def test_contact_attributes_and_derived_fields() -> None:
         {"1": "contact.first_name", "2": "contact.genre_label", "3": "contact.city", "4": "contact.tier"},
         default_language="en",
     )
-    contact = {"name": "Asha Rao", "genre": "stand_up comedy", "city": "Pune", "attributes": {"tier": "gold"}}
+    contact = {
+        "name": "Asha Rao",
+        "genre": "stand_up comedy",
+        "city": "Pune",
+        "tier": "",  # an empty column falls through to the attribute
+        "attributes": {"tier": "gold"},
+    }
     assert campaign.render(contact, "en").body_text == "Asha Stand Up Comedy Pune gold"  # type: ignore[union-attr]
     overridden = {**contact, "attributes": {"tier": "gold", "genre_label": "Comedy"}}
     assert campaign.render(overridden, "en").body_text == "Asha Comedy Pune gold"  # type: ignore[union-attr]
