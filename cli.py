@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from broadcaster.commands import campaign, db, demo, templates
+from broadcaster.commands import campaign, db, demo, numbers, templates
 from broadcaster.commands.common import setup_logging
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what h
 app.add_typer(db.app, name="db")
 app.add_typer(templates.app, name="templates")
 app.add_typer(campaign.app, name="campaign")
+app.add_typer(numbers.app, name="numbers")
 app.command("worker")(campaign.worker_cmd)
 app.command("sandbox")(demo.sandbox_cmd)
 app.command("demo")(demo.demo_cmd)

@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import trio
@@ -24,6 +25,7 @@ from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
 from broadcaster.errors import BroadcasterError, ConfigError
 from broadcaster.ledger import LedgerStore
 from broadcaster.limits import PgTokenStore
+from broadcaster.numbers import TierUsage, tier_usage
 from broadcaster.sql import QUERIES
 from broadcaster.transport import CloudApiTransport, TransportConfig
 from ratelimit import AimdController, SharedBucket
@@ -47,6 +49,7 @@ class _Number:
     bucket: SharedBucket
     aimd: AimdController
     transport: CloudApiTransport
+    tier: int | None               # unique recipients per rolling 24 h; None = unlimited
 
 
 @dataclass
@@ -82,14 +85,15 @@ class CampaignRunner:
                               "(`broadcaster numbers add …`)")
         num = self._numbers.get(pid)
         if num is None:
-            row = await self.db.fetchrow("SELECT mps FROM sender_numbers WHERE phone_number_id = $1", pid)
+            row = await self.db.fetchrow("SELECT mps, tier FROM sender_numbers WHERE phone_number_id = $1", pid)
             mps = float(self.options.mps_override or (row["mps"] if row else DEFAULT_MPS))
+            tier = row["tier"] if row else None
             aimd = AimdController(ceiling=mps)
             bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=mps, burst=max(1.0, mps / 10))
             transport = CloudApiTransport(
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
                 pid)
-            num = _Number(pid, mps, bucket, aimd, transport)
+            num = _Number(pid, mps, bucket, aimd, transport, tier)
             self._numbers[pid] = num
         return num
 
@@ -113,9 +117,17 @@ class CampaignRunner:
                 self._compiled[r["id"]] = cached
             compiled, campaign = cached
             num = await self._number(campaign.phone_number_id)
+            cap = None
+            if num.tier is not None:
+                usage = await tier_usage(self.db, num.phone_number_id, num.tier,
+                                         is_default=num.phone_number_id == self.settings.whatsapp_phone_number_id)
+                if usage.remaining == 0:
+                    await self._pause_tier(campaign, usage)
+                    continue
+                cap = usage.remaining
             slot = CampaignSlot(
                 id=campaign.id, name=campaign.name, compiled=compiled, limiter=_AimdLimiter(num),
-                number=num.phone_number_id,
+                number=num.phone_number_id, claim_cap=cap,
                 on_throttle=lambda retry_after, n=num: _throttled(n, retry_after),
                 on_success=lambda n=num: _succeeded(n))
             slots.append(slot)
@@ -124,6 +136,14 @@ class CampaignRunner:
             if cid not in active_ids:
                 del self._compiled[cid]  # paused/finished: recompile (pre-flight again) on resume
         return slots
+
+    async def _pause_tier(self, campaign: Campaign, usage: TierUsage) -> None:
+        resume_at = usage.oldest_at + timedelta(hours=24) if usage.oldest_at else None
+        detail = {"tier": usage.limit, "reached_24h": usage.reached,
+                  "resume_at": resume_at.isoformat() if resume_at else None}
+        if await pause_by_id(self.db, campaign.id, reason="tier_exhausted", detail=detail):
+            log.warning("tier_exhausted campaign=%s tier=%s reached=%s resume_at=%s", campaign.name,
+                        usage.limit, usage.reached, detail["resume_at"])
 
     async def _on_halt(self, campaign_id: int, code: int | None, title: str) -> None:
         await pause_by_id(self.db, campaign_id, reason=f"circuit_breaker:{code}",

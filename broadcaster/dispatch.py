@@ -101,6 +101,7 @@ class CampaignSlot:
     compiled: CompiledCampaign
     limiter: RateLimiter
     number: str                     # sender phone_number_id: lanes keep one connection per number
+    claim_cap: int | None = None    # at most this many rows per claim (what is left of the daily tier)
     on_throttle: Callable[[float | None], None] = lambda retry_after: None
     on_success: Callable[[], None] = lambda: None
     active: bool = True
@@ -185,8 +186,9 @@ class Dispatcher:
                 if now_t - last_sweep >= self.cfg.lease_sweep_s:
                     last_sweep = now_t
                     await self.ledger.expire_leases(active)
-                rows = await self.ledger.claim_batch(active, self.cfg.batch_size,
-                                                     lease_s=self.cfg.lease_s, owner=self.owner)
+                caps = [s.claim_cap for s in slots if s.active and s.claim_cap is not None]
+                limit = min([self.cfg.batch_size, *caps])
+                rows = await self.ledger.claim_batch(active, limit, lease_s=self.cfg.lease_s, owner=self.owner)
                 self.stats.claimed += len(rows)
                 if not rows:
                     if self.on_idle is not None:

@@ -1,0 +1,107 @@
+"""Sender numbers (WhatsApp phone_number_id) and their budgets: messages/s and the daily tier.
+
+The tier counts unique recipients reached in a rolling 24 h per number (Meta counts per business
+portfolio; one number per portfolio is the common case here). Rows in flight (claimed) count too,
+so several workers can never overshoot it together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from broadcaster.db import Database, UniqueViolation
+from broadcaster.errors import NotFoundError, StateError, UsageError
+
+MAX_MPS = 1000
+TIER_NAMES = {"250": 250, "2k": 2000, "10k": 10_000, "100k": 100_000, "unlimited": None}
+
+
+@dataclass(frozen=True)
+class SenderNumber:
+    phone_number_id: str
+    workspace: str
+    mps: int
+    tier: int | None
+    quality: str
+
+
+def parse_tier(value: str) -> int | None:
+    """'250', '2000', '2k', '100k', 'unlimited' → unique recipients per 24 h (None = unlimited)."""
+    v = value.strip().lower()
+    if v in TIER_NAMES:
+        return TIER_NAMES[v]
+    if v.isdigit() and int(v) > 0:
+        return int(v)
+    raise UsageError(f"--tier {value!r}: expected a positive number, 250, 2k, 10k, 100k or unlimited")
+
+
+def check_mps(mps: int) -> int:
+    if not 1 <= mps <= MAX_MPS:
+        raise UsageError(f"--mps {mps}: must be between 1 and {MAX_MPS} messages per second")
+    return mps
+
+
+async def add_number(db: Database, phone_number_id: str, *, workspace: str, mps: int = 80,
+                     tier: int | None = None) -> SenderNumber:
+    check_mps(mps)
+    await db.execute("INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT DO NOTHING", workspace)
+    try:
+        await db.execute(
+            "INSERT INTO sender_numbers (phone_number_id, workspace, mps, tier) VALUES ($1, $2, $3, $4)",
+            phone_number_id, workspace, mps, tier)
+    except UniqueViolation as exc:
+        raise StateError(f"number {phone_number_id} already exists: change it with "
+                         f"`broadcaster numbers set {phone_number_id} --mps N`") from exc
+    return await get_number(db, phone_number_id)
+
+
+async def get_number(db: Database, phone_number_id: str) -> SenderNumber:
+    row = await db.fetchrow(
+        "SELECT phone_number_id, workspace, mps, tier, quality FROM sender_numbers WHERE phone_number_id = $1",
+        phone_number_id)
+    if row is None:
+        raise NotFoundError(f"number {phone_number_id} is not configured: "
+                            f"`broadcaster numbers add {phone_number_id} --workspace W`")
+    return SenderNumber(**dict(row))
+
+
+async def set_number(db: Database, phone_number_id: str, *, mps: int | None = None,
+                     tier: int | None | str = "keep") -> SenderNumber:
+    await get_number(db, phone_number_id)
+    if mps is not None:
+        check_mps(mps)
+        await db.execute("UPDATE sender_numbers SET mps = $2 WHERE phone_number_id = $1", phone_number_id, mps)
+    if tier != "keep":
+        await db.execute("UPDATE sender_numbers SET tier = $2 WHERE phone_number_id = $1", phone_number_id, tier)
+    return await get_number(db, phone_number_id)
+
+
+async def list_numbers(db: Database) -> list[SenderNumber]:
+    rows = await db.fetch("SELECT phone_number_id, workspace, mps, tier, quality FROM sender_numbers ORDER BY 1")
+    return [SenderNumber(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True)
+class TierUsage:
+    limit: int | None
+    reached: int                    # unique recipients accepted in the last 24 h, plus those in flight
+    oldest_at: datetime | None      # oldest first-contact in the window: budget frees up 24 h after it
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.reached)
+
+
+async def tier_usage(db: Database, phone_number_id: str, limit: int | None, *, is_default: bool) -> TierUsage:
+    """Unique recipients reached from this number in the rolling 24 h (one query)."""
+    if limit is None:
+        return TierUsage(None, 0, None)
+    row = await db.fetchrow(
+        """
+        SELECT count(DISTINCT l.wa_id) AS reached, min(l.accepted_at) AS oldest
+        FROM ledger l JOIN campaigns k ON k.id = l.campaign_id
+        WHERE (k.phone_number_id = $1 OR ($2 AND k.phone_number_id IS NULL))
+          AND (l.accepted_at > now() - interval '24 hours' OR l.state = 'claimed')
+        """, phone_number_id, is_default)
+    return TierUsage(limit, int(row["reached"]), row["oldest"])
