@@ -1,0 +1,186 @@
+"""Phone numbers → the WhatsApp digit form (E.164 without '+'), via libphonenumber.
+
+Guarantees:
+- `normalize_phone` either returns digits (country code + national number) or raises
+  `InvalidPhone` with a reason code; it never guesses (no digit padding, no letter mapping).
+- Accepted: numbers `phonenumbers` calls valid and of type MOBILE or FIXED_LINE_OR_MOBILE, for the
+  default region and for foreign numbers written with their country code. Fixed lines, toll-free,
+  premium-rate and the like are rejected as `not_mobile`.
+- Letters are never accepted, even though libphonenumber would read `98765ABCDE` as a vanity
+  number; extensions (`x12`) count as letters too.
+- `mask_phone` keeps only the last 4 digits: the only form of a number fit for logs and previews.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
+
+from segments.errors import InvalidPhone
+
+__all__ = ["InvalidPhone", "mask_phone", "normalize_phone"]
+
+MAX_RAW_LENGTH = 64  # characters; anything longer is not a phone number someone typed
+
+_ACCEPTED_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
+_SEPARATORS = frozenset(" \t\u00a0\u2007\u202f-.()/\u2010\u2011\u2012\u2013")
+# The common Indian forms, decided without phonenumbers.parse (which costs ~18 µs): a leading
+# '+91' or nothing, then 10 digits starting 6-9. The type check still goes through
+# libphonenumber; tests prove the result equals the full parse for these forms.
+_FAST_IN = re.compile(r"(?:\+91)?([6-9][0-9]{9})", re.ASCII)
+
+_PARSE_REASONS = {
+    NumberParseException.INVALID_COUNTRY_CODE: "invalid",
+    NumberParseException.NOT_A_NUMBER: "not_a_number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "too_short",
+    NumberParseException.TOO_SHORT_NSN: "too_short",
+    NumberParseException.TOO_LONG: "too_long",
+}
+_POSSIBLE_REASONS = {
+    ValidationResult.TOO_SHORT: "too_short",
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "too_short",
+    ValidationResult.TOO_LONG: "too_long",
+}
+
+
+def _precheck(raw: str) -> str:
+    """Strip, and reject what libphonenumber would be too lenient with (letters, stray '+')."""
+    text = raw.strip()
+    if not text:
+        raise InvalidPhone("empty", "no phone number given")
+    if len(text) > MAX_RAW_LENGTH:
+        raise InvalidPhone("not_a_number", f"{len(text)} characters is too long for a phone number")
+    digits = 0
+    seen_plus = False
+    for ch in text:
+        if ch.isdigit():
+            if unicodedata.decimal(ch, None) is None:
+                raise InvalidPhone("not_a_number", "contains a character that is not a decimal digit")
+            digits += 1
+        elif ch in ("+", "\uff0b"):
+            if seen_plus or digits:
+                raise InvalidPhone("not_a_number", "'+' may only lead the number")
+            seen_plus = True
+        elif ch not in _SEPARATORS:
+            raise InvalidPhone("not_a_number", "contains letters or symbols")
+    if digits == 0:
+        raise InvalidPhone("not_a_number", "contains no digits")
+    return text
+
+
+def normalize_phone(raw: str, default_region: str = "IN") -> str:
+    """Return the WhatsApp digit form of `raw` (E.164 without '+'), e.g. '919800000004'.
+
+    Args:
+        raw: the number as written: '+91 98000 00004', '09800000004', '0091 9800000004',
+            '919800000004', '9800000004', '(+91) 98000.00004', ' 9800000004 ', '+44 …'.
+        default_region: ISO 3166 region for numbers written without a country code.
+
+    Raises:
+        InvalidPhone: with `.reason` in empty, not_a_number, too_short, too_long, invalid,
+            not_mobile. The message never repeats the number.
+    """
+    if raw is None:
+        raise InvalidPhone("empty", "no phone number given")
+    raw = str(raw)
+    region = default_region.upper()
+    if region == "IN":
+        fast = _FAST_IN.fullmatch(raw.strip())
+        if fast:
+            national = fast.group(1)
+            kind = _india_types().number_type(national)
+            if kind in _ACCEPTED_TYPES:
+                return "91" + national
+            number = phonenumbers.PhoneNumber(country_code=91, national_number=int(national))
+            return _check_type(number, "91" + national, kind)
+    text = _precheck(raw)
+    try:
+        number = phonenumbers.parse(text, region)
+    except NumberParseException as exc:
+        raise InvalidPhone(_PARSE_REASONS.get(exc.error_type, "invalid"), "not a phone number") from None
+    return _check_type(number, phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:])
+
+
+class _TypeMatcher:
+    """libphonenumber's `_number_type_helper` for one region, with its patterns compiled once.
+
+    `phonenumbers.number_type` costs ≈ 12 µs, mostly re-looking-up compiled patterns; this is the
+    same decision procedure over the same metadata in ≈ 2.5 µs. Tests check it agrees with
+    `phonenumbers.number_type` on hundreds of thousands of numbers.
+    """
+
+    _SPECIAL = (("premium_rate", PhoneNumberType.PREMIUM_RATE), ("toll_free", PhoneNumberType.TOLL_FREE),
+                ("shared_cost", PhoneNumberType.SHARED_COST), ("voip", PhoneNumberType.VOIP),
+                ("personal_number", PhoneNumberType.PERSONAL_NUMBER), ("pager", PhoneNumberType.PAGER),
+                ("uan", PhoneNumberType.UAN), ("voicemail", PhoneNumberType.VOICEMAIL))
+
+    def __init__(self, region: str) -> None:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if meta is None:
+            raise ValueError(f"no phone metadata for region {region!r}")
+        self._general = self._desc(meta.general_desc)
+        self._special = [(kind, d) for name, kind in self._SPECIAL
+                         if (d := self._desc(getattr(meta, name))) is not None]
+        self._fixed = self._desc(meta.fixed_line)
+        self._mobile = self._desc(meta.mobile)
+        self._same = bool(meta.same_mobile_and_fixed_line_pattern)
+
+    @staticmethod
+    def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> tuple[frozenset[int], re.Pattern[str]] | None:
+        if desc is None or not desc.national_number_pattern:
+            return None
+        return frozenset(desc.possible_length or ()), re.compile(desc.national_number_pattern)
+
+    @staticmethod
+    def _matches(desc: tuple[frozenset[int], re.Pattern[str]] | None, national: str) -> bool:
+        if desc is None:
+            return False
+        lengths, pattern = desc
+        if lengths and len(national) not in lengths:
+            return False
+        return pattern.fullmatch(national) is not None
+
+    def number_type(self, national: str) -> int:
+        """The PhoneNumberType of a national significant number (digits) of this region."""
+        if not self._matches(self._general, national):
+            return PhoneNumberType.UNKNOWN
+        for kind, desc in self._special:
+            if self._matches(desc, national):
+                return kind
+        if self._matches(self._fixed, national):
+            if self._same or self._matches(self._mobile, national):
+                return PhoneNumberType.FIXED_LINE_OR_MOBILE
+            return PhoneNumberType.FIXED_LINE
+        if not self._same and self._matches(self._mobile, national):
+            return PhoneNumberType.MOBILE
+        return PhoneNumberType.UNKNOWN
+
+
+@functools.cache
+def _india_types() -> _TypeMatcher:
+    return _TypeMatcher("IN")
+
+
+def _check_type(number: phonenumbers.PhoneNumber, digits: str, kind: int | None = None) -> str:
+    if kind is None:
+        kind = phonenumbers.number_type(number)
+    if kind == PhoneNumberType.UNKNOWN:  # not valid for any region of its country code
+        possible = phonenumbers.is_possible_number_with_reason(number)
+        reason = _POSSIBLE_REASONS.get(possible, "invalid")
+        raise InvalidPhone(reason, f"not a valid number for country code +{number.country_code}")
+    if kind not in _ACCEPTED_TYPES:
+        label = PhoneNumberType.to_string(kind).lower()
+        raise InvalidPhone("not_mobile", f"a {label} number, not a mobile")
+    return digits
+
+
+def mask_phone(wa_id: str) -> str:
+    """'919800000004' → '********0004': only the last 4 digits survive (logs, previews)."""
+    text = wa_id or ""
+    if len(text) <= 4:
+        return "*" * len(text)
+    return "*" * (len(text) - 4) + text[-4:]
