@@ -54,6 +54,7 @@ __all__ = [
     "WRITE_SECONDS",
     "exposed_names",
     "label_is_safe",
+    "label_names",
     "observe_claim",
     "observe_delivery_latency",
     "observe_first_response",
@@ -197,6 +198,15 @@ RESOLUTION_SECONDS = Histogram(
     buckets=_INBOX_BUCKETS, registry=REGISTRY)
 
 
+_METRICS = (
+    SEND_REQUESTS, SEND_ERRORS, SEND_SECONDS, LANES_IN_FLIGHT, CLAIM_SECONDS, WRITE_SECONDS,
+    STATUS_EVENTS_TOTAL, STATUS_FAILURES, DELIVERY_SECONDS, WEBHOOK_REQUESTS, WEBHOOK_SECONDS,
+    LIMITER_CONFIGURED, LIMITER_CURRENT, LIMITER_WAIT, TIER_LIMIT, TIER_REMAINING,
+    CAMPAIGN_RECIPIENTS, CAMPAIGNS_RUNNING, CAMPAIGN_STATE_CHANGES, BREAKER_TRIPS,
+    INBOUND_MESSAGES, AUTO_ANSWERS, ESCALATIONS, QUEUE_LENGTH, FIRST_RESPONSE_SECONDS, RESOLUTION_SECONDS,
+)
+
+
 # ---- label safety -------------------------------------------------------------------------------
 
 _PHONE_LIKE = re.compile(r"\d{8,}")
@@ -236,18 +246,30 @@ def unsafe_labels(exposition: str) -> list[tuple[str, str, str]]:
     return found
 
 
-def exposed_names() -> frozenset[str]:
-    """Every sample name this registry can expose (`x_total`, `x_bucket`, `x_sum`, …), labels or not.
+def label_names() -> dict[str, frozenset[str]]:
+    """Every sample name this registry can expose (`x_total`, `x_bucket`, …) → its label names.
 
-    Dashboards and alert rules may only reference these (the tests check it).
+    Covers labelled metrics that have no series yet. Histogram buckets carry `le` as well. The
+    process collector's `process_*` samples have no labels.
     """
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "summary": ("", "_count", "_sum", "_created"), "gauge": ("",), "info": ("_info",)}
-    names: set[str] = set()
+                "gauge": ("",)}
+    names: dict[str, frozenset[str]] = {}
+    for metric in _METRICS:
+        labels = frozenset(metric._labelnames)  # the declared label names (public in repr, private attr)
+        for suffix in suffixes[metric._type]:
+            names[metric._name + suffix] = labels | {"le"} if suffix == "_bucket" else labels
     for family in REGISTRY.collect():
-        for suffix in suffixes.get(family.type, ("",)):
-            names.add(family.name + suffix)
-    return frozenset(names)
+        if family.name.startswith("process_"):
+            for sample in family.samples:
+                names.setdefault(sample.name, frozenset())
+    return names
+
+
+def exposed_names() -> frozenset[str]:
+    """Every sample name this registry can expose, labelled or not; dashboards and alert rules may
+    only reference these (the tests check it)."""
+    return frozenset(label_names())
 
 
 # ---- sends (hot path) ---------------------------------------------------------------------------
