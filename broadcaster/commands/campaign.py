@@ -51,6 +51,9 @@ def create_cmd(
 
 async def _send_in_foreground(name: str, options: RunOptions, *, quiet: bool) -> None:
     async with database(max_size=8) as db:
+        existing = await camp.get_campaign(db, name)
+        if existing.phone_number_id is None:
+            settings().require("whatsapp_phone_number_id")  # checked before anything is written
         result = await camp.launch(db, name)
         c = result.campaign
         if not result.started_now:

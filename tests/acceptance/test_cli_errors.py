@@ -1,0 +1,80 @@
+"""The `broadcaster` CLI in a subprocess: bad input gets one clear line, the right exit code, and
+nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "BROADCASTER_"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def migrated(db_url: str) -> str:
+    return db_url
+
+
+def test_migrate_twice_reports_up_to_date(migrated: str) -> None:
+    first = cli("db", "migrate")
+    assert first.returncode == 0, first.stderr
+    second = cli("db", "migrate")
+    assert second.returncode == 0, second.stderr
+    assert "schema is up to date" in second.stdout
+
+
+def test_unknown_segment_exits_1_and_writes_nothing(migrated: str, uniq: str) -> None:
+    r = cli("templates", "import", str(ROOT / "examples" / "message_templates.json"))
+    assert r.returncode == 0, r.stderr
+    r = cli("campaign", "create", f"c_{uniq}", "--segment", f"nope_{uniq}", "--template", "daily_campaign_invite")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"error: segment 'nope_{uniq}' does not exist"), r.stderr
+    assert "Traceback" not in r.stderr
+    listed = cli("campaign", "list")
+    assert f"c_{uniq}" not in listed.stdout
+
+
+def test_unknown_template_exits_1(migrated: str, uniq: str) -> None:
+    r = cli("segments", "create", f"s_{uniq}", "--workspace", f"w_{uniq}", "--genre", "comedy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cli("campaign", "create", f"c_{uniq}", "--segment", f"s_{uniq}", "--template", f"nope_{uniq}")
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"error: template 'nope_{uniq}' is not in the registry"), r.stderr
+
+
+def test_missing_required_option_is_usage_error_2(migrated: str) -> None:
+    r = cli("campaign", "create", "x", "--template", "daily_campaign_invite")
+    assert r.returncode == 2
+    assert "--segment" in r.stderr
+
+
+def test_malformed_var_is_usage_error_2(migrated: str, uniq: str) -> None:
+    r = cli("campaign", "create", f"c_{uniq}", "--segment", "s", "--template", "t", "--var", "novalue")
+    assert r.returncode == 2
+    assert "--var 'novalue': expected KEY=VALUE" in r.stderr
+
+
+def test_launch_without_sender_number_names_the_variable_and_freezes_nothing(migrated: str, uniq: str) -> None:
+    ws = f"w_{uniq}"
+    csv = ROOT / "examples" / "contacts_sample.csv"
+    assert cli("contacts", "import", str(csv), "--workspace", ws).returncode == 0
+    assert cli("templates", "import", str(ROOT / "examples" / "message_templates.json")).returncode == 0
+    assert cli("segments", "create", f"s_{uniq}", "--workspace", "originals").returncode == 0
+    r = cli("campaign", "create", f"c_{uniq}", "--segment", f"s_{uniq}", "--template", "creator_tips_update",
+            "--var", "first_name=contact.first_name", "--var", "tip_link=https://creators.example.in/handbook/views")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = cli("campaign", "launch", f"c_{uniq}")
+    assert r.returncode == 1
+    assert "WHATSAPP_PHONE_NUMBER_ID" in r.stderr
+    status = cli("campaign", "status", f"c_{uniq}")
+    assert "draft" in status.stdout, status.stdout
