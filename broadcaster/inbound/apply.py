@@ -1,0 +1,375 @@
+"""The apply worker: turns stored webhook bodies into ledger updates, changes and dead letters.
+
+    wake() (after each group commit) ─▶ pass: claim stored bodies (SKIP LOCKED, oldest first)
+        ─▶ parse ─▶ one transaction: status events logged + applied, dead letters and changes
+           stored, bodies marked processed ─▶ recheck unmatched events ─▶ hand changes to hooks
+
+Guarantees:
+- a body is marked processed in the same transaction that stores what came out of it, so a crash
+  loses nothing and applies nothing twice (a restart picks up unprocessed bodies first);
+- several workers (processes) can share the table: bodies are claimed with SKIP LOCKED;
+- a body that keeps failing on its own (a bug, not an outage) is dead-lettered after
+  POISON_ATTEMPTS tries so it cannot block the rest; its raw bytes stay in `webhook_events`;
+- while the database is unreachable the worker retries with capped exponential backoff;
+- hooks run after the commit, at least once per change, up to HOOK_ATTEMPTS times when they
+  raise: `broadcaster.inbox.handler.handle_messages(db, value)` for inbound messages and
+  `broadcaster.health.handle_change(db, field, value)` for template/quality/account changes,
+  each resolved on first use and skipped silently when its module does not exist. Changes no
+  hook took stay in `webhook_changes` (handled_at NULL).
+
+Cancellation: a pass cancelled mid-transaction is rolled back; its bodies stay unprocessed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import orjson
+import trio
+
+from broadcaster import metrics
+from broadcaster.db import Database, DatabaseUnavailable
+from broadcaster.errors import DatabaseError
+from broadcaster.inbound.envelope import (
+    MESSAGES_FIELD,
+    RECOGNISED_FIELDS,
+    Change,
+    DeadLetter,
+    jsonable,
+    parse_webhook,
+)
+from broadcaster.inbound.statuses import (
+    ApplyResult,
+    StatusEvent,
+    apply_new_statuses,
+    apply_rechecks,
+    clean_text,
+)
+
+__all__ = ["ApplyStatistics", "ApplyWorker", "Hooks"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_BODIES = 100  # stored bodies per apply transaction
+POISON_ATTEMPTS = 3  # failures of a single body (not an outage) before it is dead-lettered
+HOOK_ATTEMPTS = 5  # calls of a hook on one change before it is left for a human
+HOOK_BATCH = 100  # changes fetched per round
+RETRY_BASE_S = 0.2  # first backoff after a database failure; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 30.0
+
+CLAIM_SQL = """
+SELECT id, received_at, body FROM webhook_events
+WHERE processed_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+MARK_PROCESSED_SQL = "UPDATE webhook_events SET processed_at = now() WHERE id = ANY($1::bigint[])"
+INSERT_DEAD_SQL = """
+INSERT INTO webhook_dead_letters (webhook_event_id, field, location, reason, payload)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+"""
+INSERT_CHANGES_SQL = """
+INSERT INTO webhook_changes (webhook_event_id, field, value)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::jsonb[])
+"""
+FETCH_CHANGES_SQL = """
+SELECT id, field, value FROM webhook_changes
+WHERE handled_at IS NULL AND attempts < $2 AND field = ANY($1::text[])
+ORDER BY id LIMIT $3
+"""
+CHANGES_HANDLED_SQL = "UPDATE webhook_changes SET handled_at = now() WHERE id = ANY($1::bigint[])"
+CHANGES_FAILED_SQL = """
+UPDATE webhook_changes c SET attempts = c.attempts + 1, last_error = f.error
+FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE c.id = f.id
+"""
+
+MessagesHook = Callable[[Database, dict[str, Any]], Awaitable[None]]
+ChangeHook = Callable[[Database, str, dict[str, Any]], Awaitable[None]]
+
+
+def _resolve(module: str, attr: str) -> Any:
+    """`module.attr` if that module exists, else None. A module that exists but fails to import
+    is logged and treated as absent (webhooks keep flowing; its changes wait in the table)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            return None
+        logger.exception("hook module %s failed to import; its changes are kept unhandled", module)
+        return None
+    except Exception:
+        logger.exception("hook module %s failed to import; its changes are kept unhandled", module)
+        return None
+    hook = getattr(mod, attr, None)
+    if hook is None:
+        logger.warning("hook module %s has no %s(); its changes are kept unhandled", module, attr)
+    return hook
+
+
+@dataclass
+class Hooks:
+    """Who takes recognised changes. `discover()` finds the installed ones."""
+
+    messages: MessagesHook | None = None
+    change: ChangeHook | None = None
+
+    @classmethod
+    def discover(cls) -> Hooks:
+        return cls(messages=_resolve("broadcaster.inbox.handler", "handle_messages"),
+                   change=_resolve("broadcaster.health", "handle_change"))
+
+    def fields(self) -> list[str]:
+        """The change fields some hook takes."""
+        out = [MESSAGES_FIELD] if self.messages is not None else []
+        if self.change is not None:
+            out.extend(sorted(RECOGNISED_FIELDS))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyStatistics:
+    bodies: int  # stored bodies processed
+    statuses: int  # status events received (duplicates included)
+    new_statuses: int  # of those, events not seen before (logged and applied or kept)
+    rows: int  # ledger row updates
+    unmatched: int  # events kept for a wamid not (yet) in the ledger
+    dead_letters: int
+    changes: int  # recognised non-status changes stored
+    hooks_ok: int
+    hook_errors: int
+    poisoned: int  # bodies dead-lettered because processing them kept failing
+    passes: int
+
+
+class ApplyWorker:
+    """Applies stored webhook bodies. Start `run()` in a nursery; call `wake()` after storing.
+
+    Args:
+        db: the pool (one connection per transaction; hooks use it too).
+        hooks: who takes inbound messages and other changes; default `Hooks.discover()` on first use.
+        batch_bodies: stored bodies claimed per transaction.
+    """
+
+    def __init__(self, db: Database, *, hooks: Hooks | None = None,
+                 batch_bodies: int = BATCH_BODIES) -> None:
+        self._db = db
+        self._hooks = hooks
+        self._batch = batch_bodies
+        self._wakeup = trio.Event()
+        self._gen = 0  # bumped by wake()
+        self._done_gen = -1  # the last generation fully applied
+        self._progress = trio.lowlevel.ParkingLot()
+        self._recheck_due = True  # after a (re)start: events may be left from a crash
+        self._changes_due = True
+        self._counts = dict.fromkeys(ApplyStatistics.__slots__, 0)
+
+    # ----- public
+
+    def wake(self) -> None:
+        """New bodies were committed: apply them soon. Never blocks."""
+        self._gen += 1
+        self._wakeup.set()
+
+    def statistics(self) -> ApplyStatistics:
+        return ApplyStatistics(**self._counts)
+
+    async def wait_applied(self) -> None:
+        """Wait until every body committed before this call has been applied (tests, demos).
+
+        Only meaningful while `run()` is running.
+        """
+        target = self._gen
+        while self._done_gen < target:
+            await self._progress.park()
+
+    async def wait_pass(self) -> None:
+        """Wait for the end of the next complete pass (e.g. to watch webhooks trickle in)."""
+        await self._progress.park()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        """Apply whatever is stored, then again after every `wake()`; never returns unless cancelled."""
+        task_status.started()
+        while True:
+            target = self._gen
+            await self.apply_all()
+            self._done_gen = target
+            self._progress.unpark_all()
+            if self._gen == target:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+
+    async def apply_all(self) -> None:
+        """One pass: apply every stored body, recheck unmatched events, run the hooks."""
+        while await self._apply_some():
+            pass
+        if self._recheck_due:
+            await self._retrying("recheck", self._recheck)
+        if self._changes_due:
+            await self._retrying("hooks", self._run_hooks)
+        self._counts["passes"] += 1
+
+    # ----- bodies
+
+    async def _apply_some(self) -> int:
+        """Apply up to one batch; returns how many bodies were processed (0 = none left)."""
+        limit = self._batch
+        failures = 0
+        delay = RETRY_BASE_S
+        while True:
+            claimed: list[int] = []
+            try:
+                return await self._apply_batch(limit, claimed)
+            except DatabaseUnavailable as exc:
+                logger.warning("apply: database unavailable, retrying in %.1f s: %s", delay, exc)
+            except DatabaseError as exc:
+                failures += 1
+                if limit > 1:
+                    logger.warning("apply: batch of %d bodies failed (%s); retrying smaller",
+                                   len(claimed), exc)
+                    limit = max(1, limit // 8)
+                    failures = 0
+                elif failures >= POISON_ATTEMPTS and claimed:
+                    await self._poison(claimed[0], str(exc))
+                    return 1
+                else:
+                    logger.warning("apply: body %s failed (%s), attempt %d of %d",
+                                   claimed[0] if claimed else "?", exc, failures, POISON_ATTEMPTS)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _apply_batch(self, limit: int, claimed: list[int]) -> int:
+        statuses: list[StatusEvent] = []
+        dead: list[tuple[int, DeadLetter]] = []
+        changes: list[tuple[int, Change]] = []
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(CLAIM_SQL, limit)
+            if not rows:
+                return 0
+            claimed.extend(r["id"] for r in rows)
+            for r in rows:
+                parsed = parse_webhook(bytes(r["body"]), webhook_event_id=r["id"],
+                                       received_at=r["received_at"])
+                statuses.extend(parsed.statuses)
+                dead.extend((r["id"], d) for d in parsed.dead)
+                changes.extend((r["id"], c) for c in parsed.changes)
+                await trio.lowlevel.checkpoint()  # a 1,000-status body must not stall the server
+            result = await apply_new_statuses(conn, statuses) if statuses else ApplyResult()
+            if dead:
+                await conn.execute(INSERT_DEAD_SQL, [i for i, _ in dead],
+                                   [clean_text(d.field, 200) for _, d in dead],
+                                   [clean_text(d.location, 200) for _, d in dead],
+                                   [clean_text(d.reason) for _, d in dead],
+                                   [None if d.payload is None
+                                    else orjson.dumps(jsonable(d.payload)).decode() for _, d in dead])
+            if changes:
+                await conn.execute(INSERT_CHANGES_SQL, [i for i, _ in changes],
+                                   [c.field for _, c in changes],
+                                   [orjson.dumps(jsonable(c.value)).decode() for _, c in changes])
+            await conn.execute(MARK_PROCESSED_SQL, claimed)
+        self._after_batch(len(rows), statuses, result, len(dead), len(changes))
+        return len(rows)
+
+    def _after_batch(self, bodies: int, statuses: list[StatusEvent], result: ApplyResult,
+                     dead: int, changes: int) -> None:
+        c = self._counts
+        c["bodies"] += bodies
+        c["statuses"] += len(statuses)
+        c["new_statuses"] += result.events
+        c["rows"] += result.rows
+        c["unmatched"] += result.unmatched
+        c["dead_letters"] += dead
+        c["changes"] += changes
+        if result.unmatched:
+            self._recheck_due = True
+        if changes:
+            self._changes_due = True
+        for ev in statuses:
+            metrics.record_status_event(ev.status, ev.error_code)
+        for seconds in result.delivered_s:
+            metrics.observe_delivery_latency("delivered", seconds)
+        for seconds in result.read_s:
+            metrics.observe_delivery_latency("read", seconds)
+        for _ in range(dead):
+            metrics.record_webhook("dead_letter")
+        if dead:
+            logger.warning("apply: %d dead letter(s) stored (see webhook_dead_letters)", dead)
+
+    async def _poison(self, body_id: int, error: str) -> None:
+        logger.error("apply: body %d failed %d times (%s); dead-lettered, raw body kept",
+                     body_id, POISON_ATTEMPTS, error)
+        async with self._db.transaction() as conn:
+            await conn.execute(INSERT_DEAD_SQL, [body_id], [None], ["body"],
+                               [clean_text(f"processing failed {POISON_ATTEMPTS} times: {error}")],
+                               [None])
+            await conn.execute(MARK_PROCESSED_SQL, [body_id])
+        self._counts["poisoned"] += 1
+        self._counts["dead_letters"] += 1
+        metrics.record_webhook("dead_letter")
+
+    # ----- rechecks and hooks
+
+    async def _retrying(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` until it succeeds; database failures back off (capped) and retry."""
+        delay = RETRY_BASE_S
+        while True:
+            try:
+                await step()
+                return
+            except DatabaseError as exc:
+                logger.warning("apply %s: %s; retrying in %.1f s", what, exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _recheck(self) -> None:
+        self._recheck_due = False
+        try:
+            result = await apply_rechecks(self._db)
+        except BaseException:
+            self._recheck_due = True
+            raise
+        self._counts["rows"] += result.rows
+        for seconds in result.delivered_s:
+            metrics.observe_delivery_latency("delivered", seconds)
+        for seconds in result.read_s:
+            metrics.observe_delivery_latency("read", seconds)
+
+    async def _run_hooks(self) -> None:
+        self._changes_due = False
+        if self._hooks is None:
+            self._hooks = Hooks.discover()
+        fields = self._hooks.fields()
+        if not fields:
+            return
+        try:
+            while True:
+                rows = await self._db.fetch(FETCH_CHANGES_SQL, fields, HOOK_ATTEMPTS, HOOK_BATCH)
+                done: list[int] = []
+                failed: list[tuple[int, str]] = []
+                for r in rows:
+                    value = orjson.loads(r["value"])
+                    try:
+                        if r["field"] == MESSAGES_FIELD:
+                            assert self._hooks.messages is not None
+                            await self._hooks.messages(self._db, value)
+                        else:
+                            assert self._hooks.change is not None
+                            await self._hooks.change(self._db, r["field"], value)
+                    except Exception as exc:  # a hook's bug must not stop status application
+                        logger.exception("apply hooks: change %d (%s) failed", r["id"], r["field"])
+                        failed.append((r["id"], clean_text(repr(exc), 500) or ""))
+                    else:
+                        done.append(r["id"])
+                if done:
+                    await self._db.execute(CHANGES_HANDLED_SQL, done)
+                if failed:
+                    await self._db.execute(CHANGES_FAILED_SQL, [i for i, _ in failed],
+                                           [e for _, e in failed])
+                self._counts["hooks_ok"] += len(done)
+                self._counts["hook_errors"] += len(failed)
+                if len(rows) < HOOK_BATCH:
+                    return
+        except BaseException:
+            self._changes_due = True
+            raise
