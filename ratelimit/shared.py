@@ -199,9 +199,10 @@ class SharedBucket:
         chunk: the largest prefetch, and the tokens that may be held locally; 0 = auto:
             ``auto_chunk(rate)`` but at most ``burst / 4``. An explicit chunk is clamped to
             ``burst / 2``; at least 1. If ``burst < 2`` nothing is held locally at all (every
-            token is handed out as it arrives). Round trips need room in the store: with
-            several busy workers, a burst of at least ``rate / 5`` keeps them near one per
-            chunk; a burst of ``rate / 10`` makes about one per two messages.
+            token is handed out as it arrives). Round trips need room in the store: measured
+            on the virtual clock with 3 workers x 20 lanes at 80 msg/s, round trips per
+            message were 0.14 with burst 80, 0.26 with 16 and 0.60 with 8: prefer a burst of
+            at least ``rate / 5`` when several workers share a number.
         clock: seconds, monotonic, the same time base as the store's (default
             ``trio.current_time``).
 
@@ -307,6 +308,8 @@ class SharedBucket:
         Raises:
             RateLimitConfigError: ``n`` not an int in ``0..store_burst``.
             TokenStoreError: the store broke its contract.
+            Whatever the store raises, unchanged (this waiter leaves the queue; the next one
+            becomes head and tries again).
 
         Cancellation: atomic. A cancelled ``take`` consumed nothing; tokens already fetched
         stay local for the next waiters (until they expire). A store call cancelled in flight
