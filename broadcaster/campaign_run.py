@@ -89,7 +89,7 @@ class CampaignRunner:
             mps = float(self.options.mps_override or (row["mps"] if row else DEFAULT_MPS))
             tier = row["tier"] if row else None
             aimd = AimdController(ceiling=mps)
-            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=mps, burst=max(1.0, mps / 10))
+            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=mps, burst=max(1.0, mps / 5))
             transport = CloudApiTransport(
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
                 pid)
@@ -173,7 +173,7 @@ class _AimdLimiter:
         if hold is not None and hold > trio.current_time():
             await trio.sleep_until(hold)
         rate = num.aimd.current_rate()
-        if abs(rate - num.bucket.statistics().rate) > 1e-9:
+        if abs(rate - num.bucket.rate) > 1e-9:
             num.bucket.set_rate(rate)
         await num.bucket.take(n)
 

@@ -39,6 +39,7 @@ from broadcaster.errors import (
 from broadcaster.ledger import ClaimedRow, Outcome, callback_data
 from broadcaster.logs import mask_phone
 from broadcaster.transport import SendResult
+from ratelimit import backoff_131056
 from templates import CompiledCampaign, Skip, build_message
 
 log = logging.getLogger("broadcaster.dispatch")
@@ -255,10 +256,12 @@ class Dispatcher:
         try:
             result = await lane.send(job.body)
         except ThrottledError as exc:
-            slot.on_throttle(exc.retry_after)
             wait = max(self.cfg.throttle_defer_s, exc.retry_after or 0.0)
             if exc.pair:
-                wait = max(wait, 4.0 ** min(row.attempts, 4))
+                # 131056 is about this recipient only: hold the pair (Meta: 4^X s), not the number's rate
+                wait = max(wait, backoff_131056(row.attempts))
+            else:
+                slot.on_throttle(exc.retry_after)
             return Outcome(row.id, "pending", campaign_id=row.campaign_id, retry_at=now + timedelta(seconds=wait))
         except TransientSendError as exc:
             attempt = row.attempts + 1

@@ -1,6 +1,6 @@
 -- Token buckets shared by every worker process sending for one number (ratelimit.SharedBucket).
 -- Arithmetic identical to ratelimit.MemoryTokenStore: tokens = min(burst, tokens + rate·elapsed);
--- granted = min(want, floor(tokens)). Time is the server's clock_timestamp(), so workers on
+-- granted = min(want, floor(tokens)); wait_s = 0 if tokens_after >= 1 else (1 - tokens_after) / rate. Time is the server's clock_timestamp(), so workers on
 -- different hosts share one clock.
 CREATE TABLE rate_buckets (
     key         text PRIMARY KEY,
@@ -22,11 +22,11 @@ BEGIN
     granted := LEAST(p_want, floor(cur))::integer;
     cur := cur - granted;
     UPDATE rate_buckets SET tokens = cur, updated_at = now_ts WHERE key = p_key;
-    IF granted < p_want THEN
-        wait_s := (LEAST(p_want - granted, p_burst) - cur) / p_rate;
-        IF wait_s < 0 THEN wait_s := 0; END IF;
-    ELSE
+    -- ratelimit.store_take: 0 if a whole token is left, else the time until one is
+    IF cur >= 1 THEN
         wait_s := 0;
+    ELSE
+        wait_s := (1 - cur) / p_rate;
     END IF;
 END;
 $$;

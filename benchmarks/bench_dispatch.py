@@ -1,0 +1,210 @@
+"""End-to-end dispatch benchmark: one worker process, limiter open, sandbox in another process.
+
+Measures, in one run against the same sandbox:
+  engine      the real pipeline (claim → render → limit → httpcore lanes → batched ledger writes)
+  bare lanes  the floor: N httpcore lanes POSTing pre-built bodies, no DB, no render, no limiter
+  naive peer  what people write by hand: asyncio + httpx.AsyncClient + Semaphore(100), no ledger
+and prints msg/s, CPU per message and the ratios. With --rss, also a 1M-recipient run's peak RSS
+and time to first message (run it alone: it takes minutes).
+
+    python benchmarks/bench_dispatch.py --recipients 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpcore
+import httpx
+import orjson
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from broadcaster.campaign_run import CampaignRunner, RunOptions  # noqa: E402
+from broadcaster.campaigns import create_campaign, launch  # noqa: E402
+from broadcaster.config import Settings  # noqa: E402
+from broadcaster.db import ensure_database, open_db  # noqa: E402
+from broadcaster.dispatch import DispatchConfig  # noqa: E402
+from broadcaster.migrate import migrate  # noqa: E402
+from broadcaster.template_store import import_templates  # noqa: E402
+
+NUMBER = "106540352242922"
+VARS = {"1": "contact.name", "2": "contact.genre_label", "3": "#MonsoonMasti", "4": "9 PM",
+        "button.0": "contact.external_id"}
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def start_sandbox(mps: int = 0) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadcaster.sandbox", "--port", "0", "--mps", str(mps),
+         "--templates", str(ROOT / "examples" / "message_templates.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"(http://\S+)", line)
+    if not m:
+        proc.kill()
+        raise SystemExit(f"sandbox did not start: {line!r}")
+    return proc, m.group(1)
+
+
+def bench_db_url() -> str:
+    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/broadcaster")
+    return base.rsplit("/", 1)[0] + "/broadcaster_bench"
+
+
+async def prepare(db_url: str, n: int, tag: str) -> str:
+    """A fresh workspace of n contacts (generated inside Postgres), a segment and a campaign."""
+    from broadcaster.segment_store import create_segment
+    from segments.filters import SegmentFilter
+
+    await ensure_database(db_url)
+    async with open_db(db_url) as db:
+        await migrate(db)
+        await import_templates(db, ROOT / "examples" / "message_templates.json")
+        ws = f"bench_{tag}"
+        await db.execute("INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT DO NOTHING", ws)
+        await db.execute(
+            "INSERT INTO contacts (workspace, wa_id, external_id, name, language, genre)"
+            " SELECT $1, (919000000000 + g)::text, 'cr_' || g, 'Creator ' || g,"
+            "   (ARRAY['hi','ta','te','bn','en'])[1 + g % 5], 'comedy'"
+            " FROM generate_series(1, $2::int) AS g ON CONFLICT DO NOTHING", ws, n)
+        await create_segment(db, f"seg_{tag}", SegmentFilter(workspace=ws))
+        name = f"bench_{tag}"
+        await create_campaign(db, name, segment=f"seg_{tag}", template="daily_campaign_invite",
+                              variables=VARS, default_language="hi")
+        return name
+
+
+async def run_engine(db_url: str, api_url: str, name: str, lanes: int) -> dict[str, float]:
+    settings = Settings(database_url=db_url, whatsapp_api_url=api_url, whatsapp_token="bench",
+                        whatsapp_phone_number_id=NUMBER)
+    async with open_db(db_url, max_size=8) as db:
+        t0 = time.perf_counter()
+        result = await launch(db, name)
+        freeze_s = time.perf_counter() - t0
+        campaign_id = result.campaign.id
+        runner = CampaignRunner(db, settings, RunOptions(
+            dispatch=DispatchConfig(lanes=lanes, batch_size=500), mps_override=1_000_000,
+            only_campaign=campaign_id))
+        c0, t1 = cpu_s(), time.perf_counter()
+        await runner.run()
+        wall, cpu = time.perf_counter() - t1, cpu_s() - c0
+        accepted = await db.fetchval(
+            "SELECT count(*) FROM ledger WHERE campaign_id = $1 AND state = 'accepted'", campaign_id)
+    return {"sent": accepted, "wall": wall, "cpu": cpu, "freeze": freeze_s}
+
+
+async def run_bare(api_url: str, n: int, lanes: int) -> dict[str, float]:
+    """The floor: pre-built bodies, one httpcore connection per lane, nothing else."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(api_url)
+    origin = httpcore.Origin(b"http", parts.hostname.encode(), parts.port)
+    url = f"{api_url}/{NUMBER}/messages"
+    body_tpl = {"messaging_product": "whatsapp", "recipient_type": "individual", "type": "template",
+                "template": {"name": "creator_tips_update", "language": {"code": "en"}, "components": [
+                    {"type": "body", "parameters": [
+                        {"type": "text", "parameter_name": "first_name", "text": "Asha"},
+                        {"type": "text", "parameter_name": "tip_link", "text": "https://x.in/h"}]}]}}
+    bodies = [orjson.dumps({**body_tpl, "to": f"+91800{i:07d}"}) for i in range(n)]
+    headers = [(b"Content-Type", b"application/json"), (b"Host", parts.netloc.encode()),
+               (b"Authorization", b"Bearer bench")]
+    it = iter(bodies)
+    ok = 0
+
+    async def lane() -> None:
+        nonlocal ok
+        conn = httpcore.AsyncHTTPConnection(origin)
+        for body in it:
+            r = await conn.request(b"POST", url, headers=headers, content=body)
+            ok += r.status == 200
+        await conn.aclose()
+
+    c0, t0 = cpu_s(), time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(lanes):
+            nursery.start_soon(lane)
+    return {"sent": ok, "wall": time.perf_counter() - t0, "cpu": cpu_s() - c0}
+
+
+def run_naive(api_url: str, n: int) -> dict[str, float]:
+    """A hand-written peer: asyncio + httpx, Semaphore(100), no ledger, no limiter."""
+
+    async def main() -> int:
+        sem = asyncio.Semaphore(100)
+        ok = 0
+        async with httpx.AsyncClient(timeout=30, headers={"Authorization": "Bearer bench"},
+                                     limits=httpx.Limits(max_connections=100)) as client:
+            async def one(i: int) -> None:
+                nonlocal ok
+                async with sem:
+                    r = await client.post(f"{api_url}/{NUMBER}/messages", json={
+                        "messaging_product": "whatsapp", "to": f"+91700{i:07d}", "type": "template",
+                        "template": {"name": "creator_tips_update", "language": {"code": "en"},
+                                     "components": [{"type": "body", "parameters": [
+                                         {"type": "text", "parameter_name": "first_name", "text": "Asha"},
+                                         {"type": "text", "parameter_name": "tip_link", "text": "https://x.in/h"}]}]}})
+                    ok += r.status_code == 200
+            await asyncio.gather(*(one(i) for i in range(n)))
+        return ok
+
+    c0, t0 = cpu_s(), time.perf_counter()
+    ok = asyncio.run(main())
+    return {"sent": ok, "wall": time.perf_counter() - t0, "cpu": cpu_s() - c0}
+
+
+def row(label: str, r: dict[str, float]) -> str:
+    rate = r["sent"] / r["wall"] if r["wall"] else 0
+    return (f"| {label:<11} | {int(r['sent']):>8} | {r['wall']:>7.1f} | {rate:>8.0f} | "
+            f"{1000 * r['cpu'] / max(1, r['sent']):>7.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipients", type=int, default=100_000)
+    ap.add_argument("--lanes", type=int, default=64)
+    ap.add_argument("--skip-naive", action="store_true")
+    args = ap.parse_args()
+    db_url = bench_db_url()
+    tag = time.strftime("%H%M%S")
+    sandbox, api_url = start_sandbox()
+    try:
+        name = trio.run(prepare, db_url, args.recipients, tag)
+        engine = trio.run(run_engine, db_url, api_url, name, args.lanes)
+        bare = trio.run(run_bare, api_url, args.recipients, args.lanes)
+        naive = None if args.skip_naive else run_naive(api_url, args.recipients)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(10)
+    print(f"\nrecipients {args.recipients}, lanes {args.lanes}, sandbox in another process "
+          f"(mps unlimited); audience freeze {engine['freeze']:.2f} s\n")
+    print("| run         |     sent |  wall s |    msg/s | CPU ms/msg |")
+    print("|-------------|----------|---------|----------|------------|")
+    print(row("engine", engine))
+    print(row("bare lanes", bare))
+    if naive:
+        print(row("naive peer", naive))
+    e_rate, b_rate = engine["sent"] / engine["wall"], bare["sent"] / bare["wall"]
+    print(f"\nengine / bare lanes = {e_rate / b_rate:.2f}  (target >= 0.6)")
+    if naive:
+        print(f"engine / naive peer = {e_rate / (naive['sent'] / naive['wall']):.2f}")
+    print(f"engine msg/s = {e_rate:.0f}  (target >= 1000)")
+
+
+if __name__ == "__main__":
+    main()
