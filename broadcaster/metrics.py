@@ -379,16 +379,28 @@ def record_webhook(result: str, seconds: float | None = None) -> None:
 _INF = float("inf")
 
 
+_limiter_children: dict[str, tuple[Any, Any, Any]] = {}
+
+
+def _limiter_child(number: str) -> tuple[Any, Any, Any]:
+    children = _limiter_children.get(number)
+    if children is None:
+        children = _limiter_children[number] = (
+            LIMITER_CONFIGURED.labels(number), LIMITER_CURRENT.labels(number), LIMITER_WAIT.labels(number))
+    return children
+
+
 def set_limiter_rate(number: str, configured: float, current: float) -> None:
     """The number's configured ceiling and current adaptive rate, in messages/s."""
-    LIMITER_CONFIGURED.labels(number).set(configured)
-    LIMITER_CURRENT.labels(number).set(current)
+    children = _limiter_child(number)
+    children[0].set(configured)
+    children[1].set(current)
 
 
 def record_limiter_wait(number: str, seconds: float) -> None:
-    """A lane waited `seconds` for the number's tokens (0 is ignored)."""
+    """A lane waited `seconds` for the number's tokens (0 is ignored). Hot path: children cached."""
     if seconds > 0:
-        LIMITER_WAIT.labels(number).inc(seconds)
+        _limiter_child(number)[2].inc(seconds)
 
 
 def set_tier_budget(number: str, limit: int | None, remaining: int | None) -> None:
