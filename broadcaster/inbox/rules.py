@@ -140,16 +140,19 @@ class Rule:
             return tuple(item for items in table.values() for item in items)
         return tuple(item for lang in languages for item in table.get(lang, ()))
 
-    def match(self, texts: tuple[str, ...], payload: str | None, languages: tuple[str, ...] | None) -> str | None:
-        """The keyword/pattern/payload that matches, or None. `languages` None = every language."""
+    def match(self, texts: tuple[tuple[str, str], ...], payload: str | None,
+              languages: tuple[str, ...] | None) -> str | None:
+        """The keyword/pattern/payload that matches, or None.
+
+        texts: (normalised, search form) of each text; `languages` None = every language.
+        """
         if payload is not None and self.payloads:
             norm = normalise(payload)
             if norm in self.payloads:
                 return f"payload {norm!r}"
         keywords = self._for(self.keywords, languages)
         patterns = self._for(self.patterns, languages)
-        for text in texts:
-            norm = normalise(text)
+        for norm, searchable in texts:
             if not norm:
                 continue
             if self.kind in ("opt_out", "opt_in"):
@@ -160,7 +163,6 @@ class Rule:
             for kw in keywords:
                 if f" {kw} " in padded:
                     return f"keyword {kw!r}"
-            searchable = search_form(text)
             for pattern in patterns:
                 if pattern.search(searchable):
                     return f"pattern {pattern.pattern!r}"
@@ -408,7 +410,7 @@ def evaluate(rules: RuleSet, incoming: Incoming) -> Decision:
     """
     if incoming.type in IGNORED_TYPES:
         return Decision("ignore", None, f"{incoming.type} messages are stored only")
-    texts = tuple(t for t in (incoming.payload, incoming.text) if t)
+    texts = tuple((normalise(t), search_form(t)) for t in (incoming.payload, incoming.text) if t)
     languages = None if incoming.language is None else tuple(
         dict.fromkeys((incoming.language, rules.default_language, ANY)))
     for rule in rules.rules:

@@ -7,7 +7,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from broadcaster.inbox.rules import (
@@ -61,6 +61,7 @@ def test_normalise_leaves_no_punctuation_symbols_or_stray_spaces(text: str) -> N
 def test_normalise_ignores_case_surrounding_punctuation_and_whitespace(parts: list[str], before: str,
                                                                        after: str, upper: bool) -> None:
     phrase = " ".join(parts)
+    assume(phrase.upper().casefold() == phrase.casefold())  # upper() is lossy for a few letters (Turkish ı)
     decorated = before + (phrase.upper() if upper else phrase) + after
     assert normalise(decorated) == normalise(phrase)
 
