@@ -26,7 +26,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 import trio
@@ -60,6 +60,7 @@ HOOK_ATTEMPTS = 5  # calls of a hook on one change before it is left for a human
 HOOK_BATCH = 100  # changes fetched per round
 RETRY_BASE_S = 0.2  # first backoff after a database failure; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 30.0
+TXN_DEADLINE_S = 30.0  # a transaction started is finished even when cancelled, within this bound
 
 CLAIM_SQL = """
 SELECT id, received_at, body FROM webhook_events
@@ -85,6 +86,7 @@ UPDATE webhook_changes c SET attempts = c.attempts + 1, last_error = f.error
 FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE c.id = f.id
 """
 
+T = TypeVar("T")
 MessagesHook = Callable[[Database, dict[str, Any]], Awaitable[None]]
 ChangeHook = Callable[[Database, str, dict[str, Any]], Awaitable[None]]
 
@@ -106,6 +108,19 @@ def _resolve(module: str, attr: str) -> Any:
     if hook is None:
         logger.warning("hook module %s has no %s(); its changes are kept unhandled", module, attr)
     return hook
+
+
+async def _shielded(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run `fn` (one transaction) to its end even if the worker is being cancelled.
+
+    Why: a transaction cancelled while its BEGIN or COMMIT is on the wire leaves the pooled
+    connection in a state the pool cannot reset. Shutdown therefore waits for the transaction in
+    flight (milliseconds), bounded by TXN_DEADLINE_S.
+    """
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + TXN_DEADLINE_S) as scope:
+        return await fn(*args)
+    assert scope.cancelled_caught
+    raise DatabaseError(f"database transaction did not finish within {TXN_DEADLINE_S} s")
 
 
 @dataclass
@@ -220,7 +235,7 @@ class ApplyWorker:
         while True:
             claimed: list[int] = []
             try:
-                return await self._apply_batch(limit, claimed)
+                return await _shielded(self._apply_batch, limit, claimed)
             except DatabaseUnavailable as exc:
                 logger.warning("apply: database unavailable, retrying in %.1f s: %s", delay, exc)
             except DatabaseError as exc:
@@ -231,7 +246,7 @@ class ApplyWorker:
                     limit = max(1, limit // 8)
                     failures = 0
                 elif failures >= POISON_ATTEMPTS and claimed:
-                    await self._poison(claimed[0], str(exc))
+                    await _shielded(self._poison, claimed[0], str(exc))
                     return 1
                 else:
                     logger.warning("apply: body %s failed (%s), attempt %d of %d",
@@ -325,7 +340,7 @@ class ApplyWorker:
     async def _recheck(self) -> None:
         self._recheck_due = False
         try:
-            result = await apply_rechecks(self._db)
+            result = await _shielded(apply_rechecks, self._db)
         except BaseException:
             self._recheck_due = True
             raise

@@ -257,7 +257,9 @@ opted AS (
     UPDATE contacts c SET marketing_opt_in = false, consent_source = 'error_131050',
                           consent_at = u.failed_ts, updated_at = now()
     FROM upd u
-    WHERE c.id = u.contact_id AND u.opted_out AND c.marketing_opt_in AND c.consent_at <= u.failed_ts
+    -- an explicit consent given after the failure (a reply, an agent) is not undone by it
+    WHERE c.id = u.contact_id AND u.opted_out AND c.marketing_opt_in
+      AND (c.consent_source = 'import' OR c.consent_at <= u.failed_ts)
     RETURNING c.workspace, c.wa_id, u.campaign_id, u.failed_ts
 ),
 consent AS (

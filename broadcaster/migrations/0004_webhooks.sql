@@ -156,7 +156,8 @@ BEGIN
             WITH opted AS (
                 UPDATE contacts SET marketing_opt_in = false, consent_source = 'error_131050',
                                     consent_at = agg.failed_ts, updated_at = now()
-                WHERE id = NEW.contact_id AND marketing_opt_in AND consent_at <= agg.failed_ts
+                WHERE id = NEW.contact_id AND marketing_opt_in
+                  AND (consent_source = 'import' OR consent_at <= agg.failed_ts)
                 RETURNING workspace, wa_id
             )
             INSERT INTO consent_events (workspace, wa_id, opted_in, source, detail, at)
