@@ -130,7 +130,7 @@ async def post_escalation(client: httpx.AsyncClient, config: SlackConfig, payloa
     """
     retrying = AsyncRetrying(
         stop=stop_after_attempt(config.attempts),
-        wait=wait_exponential_jitter(initial=config.wait_initial_s, max=config.wait_max_s,
+        wait=wait_exponential_jitter(multiplier=config.wait_initial_s, max=config.wait_max_s,
                                      jitter=config.wait_initial_s),
         retry=retry_if_exception(_transient),
         sleep=trio.sleep,
