@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from broadcaster import metrics
 from broadcaster.campaigns import Campaign, compile_for, get_campaign_by_id, pause_by_id
 from broadcaster.config import Settings
 from broadcaster.db import Database
@@ -94,6 +95,7 @@ class CampaignRunner:
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
                 pid)
             num = _Number(pid, mps, bucket, aimd, transport, tier)
+            metrics.set_limiter_rate(pid, mps, mps)
             self._numbers[pid] = num
         return num
 
@@ -125,9 +127,10 @@ class CampaignRunner:
                     await self._pause_tier(campaign, usage)
                     continue
                 cap = usage.remaining
+                metrics.set_tier_budget(num.phone_number_id, usage.limit, usage.remaining)
             slot = CampaignSlot(
                 id=campaign.id, name=campaign.name, compiled=compiled, limiter=_AimdLimiter(num),
-                number=num.phone_number_id, claim_cap=cap,
+                number=num.phone_number_id, claim_cap=cap, template=campaign.template_name,
                 on_throttle=lambda retry_after, n=num: _throttled(n, retry_after),
                 on_success=lambda n=num: _succeeded(n))
             slots.append(slot)
@@ -146,8 +149,9 @@ class CampaignRunner:
                         usage.limit, usage.reached, detail["resume_at"])
 
     async def _on_halt(self, campaign_id: int, code: int | None, title: str) -> None:
-        await pause_by_id(self.db, campaign_id, reason=f"circuit_breaker:{code}",
-                          detail={"code": code, "title": title})
+        if await pause_by_id(self.db, campaign_id, reason=f"circuit_breaker:{code}",
+                             detail={"code": code, "title": title}):
+            metrics.record_campaign_state("paused")
 
     async def _on_idle(self, campaign_ids: list[int]) -> None:
         for cid in campaign_ids:
@@ -175,7 +179,12 @@ class _AimdLimiter:
         rate = num.aimd.current_rate()
         if abs(rate - num.bucket.rate) > 1e-9:
             num.bucket.set_rate(rate)
+            metrics.set_limiter_rate(num.phone_number_id, num.mps, rate)
+        t0 = trio.current_time()
         await num.bucket.take(n)
+        waited = trio.current_time() - t0
+        if waited > 0.0005:
+            metrics.record_limiter_wait(num.phone_number_id, waited)
 
 
 def _throttled(num: _Number, retry_after: float | None) -> None:

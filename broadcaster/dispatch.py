@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import trio
 
+from broadcaster import metrics
 from broadcaster.classify import title_for
 from broadcaster.errors import (
     CampaignHaltError,
@@ -93,6 +94,10 @@ def transient_retry_at(now: datetime, attempt: int, cfg: DispatchConfig, rng: ra
     return now + timedelta(seconds=rng.uniform(ceiling / 2, ceiling))
 
 
+_METRIC_OUTCOME = {"accepted": "accepted", "failed": "permanent_error", "unknown": "unknown",
+                   "halt": "halted", "pending": "transient_error"}
+
+
 @dataclass
 class CampaignSlot:
     """What the pipeline holds for one running campaign."""
@@ -102,6 +107,7 @@ class CampaignSlot:
     compiled: CompiledCampaign
     limiter: RateLimiter
     number: str                     # sender phone_number_id: lanes keep one connection per number
+    template: str = ""              # template name, a metrics label
     claim_cap: int | None = None    # at most this many rows per claim (what is left of the daily tier)
     on_throttle: Callable[[float | None], None] = lambda retry_after: None
     on_success: Callable[[], None] = lambda: None
@@ -189,7 +195,9 @@ class Dispatcher:
                     await self.ledger.expire_leases(active)
                 caps = [s.claim_cap for s in slots if s.active and s.claim_cap is not None]
                 limit = min([self.cfg.batch_size, *caps])
+                t0 = trio.current_time()
                 rows = await self.ledger.claim_batch(active, limit, lease_s=self.cfg.lease_s, owner=self.owner)
+                metrics.observe_claim(trio.current_time() - t0)
                 self.stats.claimed += len(rows)
                 if not rows:
                     if self.on_idle is not None:
@@ -250,6 +258,19 @@ class Dispatcher:
                     await lane.aclose()
 
     async def _send_one(self, lane: LanePort, slot: CampaignSlot, job: _Job) -> Outcome:
+        t0 = trio.current_time()
+        metrics.LANES_IN_FLIGHT.inc()
+        try:
+            outcome = await self._send_and_classify(lane, slot, job)
+        finally:
+            metrics.LANES_IN_FLIGHT.dec()
+        kind = _METRIC_OUTCOME.get(outcome.state, "transient_error")
+        if outcome.state == "pending" and outcome.attempt_inc == 0:
+            kind = "throttled"
+        metrics.record_send(kind, outcome.code, trio.current_time() - t0, slot.number, slot.template)
+        return outcome
+
+    async def _send_and_classify(self, lane: LanePort, slot: CampaignSlot, job: _Job) -> Outcome:
         row = job.row
         now = self.clock()
         self.stats.sent_requests += 1
@@ -321,8 +342,10 @@ class Dispatcher:
                 release.append(o.id)
             else:
                 to_write.append(o)
+        t0 = trio.current_time()
         await self.ledger.record_results(to_write, owner=self.owner)
         await self.ledger.release_claims(release, owner=self.owner)
+        metrics.observe_write(trio.current_time() - t0)
         if halts:
             await self._trip_breaker(halts)
 
@@ -337,6 +360,7 @@ class Dispatcher:
             slot = self._slots[cid]
             if slot.active and slot.halt_errors >= self.cfg.halt_threshold:
                 slot.active = False
+                metrics.record_circuit_breaker_trip(o.code)
                 log.error("circuit_breaker campaign=%s code=%s title=%s", slot.name, o.code,
                           o.title or title_for(o.code))
                 if self.on_halt is not None:

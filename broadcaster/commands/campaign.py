@@ -12,7 +12,7 @@ from rich.table import Table
 
 from broadcaster import campaigns as camp
 from broadcaster.campaign_run import CampaignRunner, RunOptions
-from broadcaster.commands.common import console, database, err_console, run, settings
+from broadcaster.commands.common import console, database, err_console, maybe_start_metrics, run, settings
 from broadcaster.dispatch import DispatchConfig
 from broadcaster.ledger import LedgerStore
 from broadcaster.report import campaign_report
@@ -67,6 +67,7 @@ async def _send_in_foreground(name: str, options: RunOptions, *, quiet: bool) ->
 async def _drive(db: camp.Database, campaign_id: int, options: RunOptions, *, quiet: bool) -> None:
     """Run the dispatcher for one campaign with a progress bar; SIGINT/SIGTERM stop it cleanly."""
     options.only_campaign = campaign_id
+    maybe_start_metrics()
     runner = CampaignRunner(db, settings(), options)
     ledger = LedgerStore(db)
     async with trio.open_nursery() as nursery:
@@ -250,6 +251,7 @@ def worker_cmd(lanes: int = typer.Option(32, "--lanes", help="concurrent sender 
             runner = CampaignRunner(db, settings(), RunOptions(
                 dispatch=DispatchConfig(lanes=lanes, batch_size=batch_size)))
             runner.dispatcher.stay_idle = True
+            maybe_start_metrics()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, runner, nursery.cancel_scope)
                 console.print(f"worker {runner.owner} started; Ctrl-C stops it cleanly")

@@ -64,3 +64,12 @@ def setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+
+
+def maybe_start_metrics() -> None:
+    """Serve /metrics from a thread when BROADCASTER_METRICS_PORT is set (a scrape never stalls trio)."""
+    port = settings().metrics_port
+    if port:
+        from broadcaster.metrics import start_metrics_server
+
+        start_metrics_server(port)
