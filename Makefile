@@ -16,6 +16,7 @@ demo: $(STAMP)
 	DATABASE_URL=$$(scripts/ensure-postgres.sh) $(BIN)/broadcaster demo
 
 test: $(STAMP)
+	-scripts/ensure-promtool.sh >/dev/null 2>&1
 	DATABASE_URL=$$(scripts/ensure-postgres.sh | sed 's#/[^/]*$$#/postgres#') $(BIN)/python -m pytest -q
 	DATABASE_URL=$$(scripts/ensure-postgres.sh | sed 's#/[^/]*$$#/postgres#') $(BIN)/python -m pytest -q -m slow; \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]

@@ -156,6 +156,7 @@ class CampaignRunner:
     async def _on_idle(self, campaign_ids: list[int]) -> None:
         for cid in campaign_ids:
             if await self.ledger.complete_if_settled(cid):
+                metrics.record_campaign_state("completed")
                 log.info("campaign_completed id=%s", cid)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

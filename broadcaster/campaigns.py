@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from broadcaster import metrics
 from broadcaster.db import Connection, Database, UniqueViolation
 from broadcaster.errors import BroadcasterError, NotFoundError, StateError, UsageError
 from broadcaster.segment_store import get_segment
@@ -198,6 +199,7 @@ async def launch(db: Database, name: str) -> LaunchResult:
         if moved is None:
             return LaunchResult(await get_campaign(conn, name), False, 0)
         frozen = await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
+    metrics.record_campaign_state("running")
     return LaunchResult(await get_campaign(db, name), True, frozen)
 
 
@@ -209,6 +211,7 @@ async def pause(db: Database, name: str, *, reason: str = "manual", detail: dict
         campaign.id, reason, orjson.dumps(detail).decode() if detail else None)
     if row is None:
         raise StateError(f"campaign '{name}' is {campaign.state}, not running: nothing to pause")
+    metrics.record_campaign_state("paused")
     return await get_campaign(db, name)
 
 
@@ -230,6 +233,7 @@ async def resume(db: Database, name: str) -> Campaign:
     await db.execute(
         "UPDATE campaigns SET state = 'running', pause_reason = NULL, pause_detail = NULL,"
         " updated_at = now() WHERE id = $1 AND state = 'paused'", campaign.id)
+    metrics.record_campaign_state("running")
     return await get_campaign(db, name)
 
 
@@ -246,6 +250,7 @@ async def cancel(db: Database, name: str) -> Campaign:
             "UPDATE ledger SET state = 'skipped', skip_reason = 'cancelled', lease_owner = NULL,"
             " lease_until = NULL, updated_at = now() WHERE campaign_id = $1 AND state = 'pending'",
             campaign.id)
+    metrics.record_campaign_state("cancelled")
     return await get_campaign(db, name)
 
 

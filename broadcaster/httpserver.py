@@ -143,6 +143,9 @@ def _parse_plain_head(head: str) -> tuple[str, str, dict[str, str], int, bool]:
     else, valid or not: h11 then parses it again and answers errors itself.
     """
     lines = head.split("\r\n")
+    breaks = len(lines) - 1
+    if head.count("\n") != breaks or head.count("\r") != breaks or "\x00" in head:
+        raise _NotPlain  # bare CR/LF or NUL: h11 decides
     parts = lines[0].split(" ")
     if (len(parts) != 3 or parts[2] != "HTTP/1.1" or not _TOKEN.fullmatch(parts[0])
             or not _TARGET.fullmatch(parts[1])):

@@ -254,6 +254,10 @@ def worker_cmd(lanes: int = typer.Option(32, "--lanes", help="concurrent sender 
             maybe_start_metrics()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, runner, nursery.cancel_scope)
+                if settings().metrics_port:
+                    from broadcaster.metrics import run_campaign_gauges
+
+                    nursery.start_soon(run_campaign_gauges, db)
                 console.print(f"worker {runner.owner} started; Ctrl-C stops it cleanly")
                 await runner.run()
                 nursery.cancel_scope.cancel()
