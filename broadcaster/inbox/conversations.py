@@ -17,7 +17,7 @@ from broadcaster.errors import NotFoundError, StateError
 from broadcaster.inbox import routing
 from broadcaster.inbox.handler import escalate_in
 from broadcaster.inbox.worker import nudge
-from broadcaster.metrics import observe_resolution
+from broadcaster.metrics import observe_resolution, record_escalation
 
 __all__ = ["Resolution", "assign_conversation", "escalate_conversation", "list_conversations",
            "resolve_conversation"]
@@ -114,6 +114,7 @@ async def escalate_conversation(db: Database, conversation_id: int, *, note: str
         queued = await escalate_in(conn, conversation_id, reason=reason, workspace=conv["workspace"],
                                    team=conv["team"], contact=contact, text=last)
     if queued:
+        record_escalation(conv["team"] or "unrouted")
         nudge()
     return queued
 

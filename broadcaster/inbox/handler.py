@@ -89,6 +89,8 @@ class Outcome:
     assignment: routing.Assignment | None = None
     escalated: bool = False
     reply_queued: bool = False
+    workspace: str | None = None
+    team: str | None = None  # the conversation's team name, for metrics and logs
 
 
 class _Duplicate(Exception):  # noqa: N818 - control flow: roll the transaction back
@@ -152,6 +154,12 @@ class Inbox:
         except _Duplicate:
             logger.info("inbound %s from %s: duplicate delivery, ignored", msg.wamid, mask_phone(msg.wa_id))
             return Outcome(msg.wamid, duplicate=True)
+        # metrics only after the commit: a rolled-back attempt is retried and must not count twice
+        record_inbound_message(outcome.workspace or "unknown")
+        if outcome.action == "faq":
+            record_auto_answer(outcome.team or "unrouted")
+        if outcome.escalated:
+            record_escalation(outcome.team or "unrouted")
         logger.info("inbound %s from %s: %s (rule %s), conversation %s", msg.wamid, mask_phone(msg.wa_id),
                     outcome.action, outcome.rule_id or "-", outcome.conversation_id)
         return outcome
@@ -204,7 +212,6 @@ class Inbox:
             link["campaign_id"] if link else None, link["id"] if link else None, msg.sent_at, now, _json(raw))
         if message_id is None:
             raise _Duplicate
-        record_inbound_message(workspace)
         await conn.execute(
             """INSERT INTO inbox_service_windows (phone_number_id, wa_id, contact_id, last_inbound_at, expires_at)
                VALUES ($1, $2, $3, $4::timestamptz, $4::timestamptz + make_interval(secs => $5::float8))
@@ -242,7 +249,7 @@ class Inbox:
             await conn.execute("UPDATE inbox_messages SET conversation_id = $2 WHERE id = $1", message_id, conv_id)
 
         outcome = Outcome(msg.wamid, duplicate=False, message_id=message_id, conversation_id=conv_id,
-                          action=decision.action, rule_id=decision.rule_id)
+                          action=decision.action, rule_id=decision.rule_id, workspace=workspace)
         if conv is not None:
             outcome = await self._act(conn, decision, outcome, msg, contact, workspace, conv, link, now)
         await conn.execute(
@@ -293,19 +300,20 @@ class Inbox:
         team_id = assignment.team_id if assignment else conv["team_id"]
         if team_id is not None:
             team = await conn.fetchval("SELECT name FROM inbox_teams WHERE id = $1", team_id)
-        if decision.action == "faq":
-            record_auto_answer(team or "unrouted")
         if decision.action == "escalate":
             escalated = await escalate_in(
                 conn, conv_id, reason=decision.reason, workspace=workspace, team=team, contact=contact,
                 text=msg.body or msg.payload, campaign=link["name"] if link else None)
         return Outcome(outcome.wamid, False, outcome.message_id, conv_id, decision.action, decision.rule_id,
-                       assignment, escalated, reply_queued)
+                       assignment, escalated, reply_queued, workspace, team)
 
 
 async def escalate_in(conn: Connection, conversation_id: int, *, reason: str, workspace: str, team: str | None,
                       contact: Any, text: str | None, campaign: str | None = None) -> bool:
-    """Queue the conversation's Slack escalation (once per conversation); True if queued now."""
+    """Queue the conversation's Slack escalation (once per conversation); True if queued now.
+
+    Runs in the caller's transaction; the caller counts the metric after its commit.
+    """
     payload = escalation_message(
         conversation_id=conversation_id, workspace=workspace, team=team, contact_name=contact["name"],
         wa_id=contact["wa_id"], genre=contact["genre"], language=contact["language"], text=text,
@@ -314,8 +322,6 @@ async def escalate_in(conn: Connection, conversation_id: int, *, reason: str, wo
         """INSERT INTO inbox_escalations (conversation_id, dedup_key, reason, payload)
            VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (dedup_key) DO NOTHING RETURNING true""",
         conversation_id, f"conversation:{conversation_id}", reason, _json(payload))
-    if queued:
-        record_escalation(team or "unrouted")
     return bool(queued)
 
 

@@ -23,8 +23,9 @@ from broadcaster.db import Database
 from broadcaster.errors import BroadcasterError
 from broadcaster.inbox.reply import CloudApiSender, TextSender, send_due_bot_replies
 from broadcaster.inbox.slack import SlackConfig, send_due_escalations
+from broadcaster.metrics import set_queue_lengths
 
-__all__ = ["SWEEP_S", "Wakeup", "nudge", "run_inbox_worker"]
+__all__ = ["SWEEP_S", "Wakeup", "nudge", "refresh_queue_gauges", "run_inbox_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,22 @@ async def _loop(name: str, round_: Callable[[], Awaitable[int]], sweep_s: float,
         _wakeups.discard(wakeup)
 
 
+async def refresh_queue_gauges(db: Database) -> int:
+    """Set the per-team queue-length gauge from Postgres (one GROUP BY); returns 0 (nothing sent)."""
+    rows = await db.fetch(
+        """SELECT coalesce(t.name, 'unrouted') AS team, count(c.id) AS n
+             FROM inbox_conversations c LEFT JOIN inbox_teams t ON t.id = c.team_id
+            WHERE c.status = 'queued' GROUP BY 1""")
+    set_queue_lengths({r["team"]: r["n"] for r in rows})
+    return 0
+
+
 async def run_inbox_worker(db: Database, settings: Settings, *, sender: TextSender | None = None,
                            slack: SlackConfig | None = None, sweep_s: float = SWEEP_S,
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Send queued rule answers and Slack escalations until cancelled. Never returns otherwise.
+
+    Also refreshes the `broadcaster_inbox_queue_length` gauge every `sweep_s`.
 
     `slack` defaults to SLACK_WEBHOOK_URL; without it escalations stay queued (warned once) and
     are posted when a worker with a URL runs. Reports started once both loops run.
@@ -100,6 +113,7 @@ async def run_inbox_worker(db: Database, settings: Settings, *, sender: TextSend
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
             await nursery.start(_loop, "replies", lambda: send_due_bot_replies(
                 db, text_sender, default_phone_number_id=settings.whatsapp_phone_number_id), sweep_s)
+            await nursery.start(_loop, "queue-gauges", lambda: refresh_queue_gauges(db), sweep_s)
             if slack is not None:
                 await nursery.start(_loop, "slack", lambda: send_due_escalations(db, client, slack), sweep_s)
             else:

@@ -23,9 +23,12 @@ from broadcaster.inbox.rules import (
 EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "examples" / "rules.toml"
 
 
+EXAMPLE = load_rules(EXAMPLE_RULES)
+
+
 @pytest.fixture(scope="module")
 def rules():
-    return load_rules(EXAMPLE_RULES)
+    return EXAMPLE
 
 
 def decide(rules, text: str, language: str | None = "en", *, type_: str = "text", payload: str | None = None):
@@ -68,17 +71,15 @@ def test_normalise_ignores_case_surrounding_punctuation_and_whitespace(parts: li
 
 @given(decoration, decoration, st.sampled_from(["STOP", "stop", "Stop", "sToP", "रोकें", "बंद करो", "Unsubscribe"]))
 def test_every_decorated_stop_keyword_opts_out(before: str, after: str, keyword: str) -> None:
-    rules = load_rules(EXAMPLE_RULES)
-    decision = decide(rules, before + keyword + after, "hi")
+    decision = decide(EXAMPLE, before + keyword + after, "hi")
     assert decision.action == "opt_out", decision
 
 
 @given(st.lists(st.sampled_from(["please", "don't", "ever", "sending", "me", "these", "why"]), min_size=1, max_size=4),
        st.booleans())
 def test_stop_inside_a_sentence_is_never_an_opt_out(extra: list[str], stop_first: bool) -> None:
-    rules = load_rules(EXAMPLE_RULES)
     text = " ".join(["stop", *extra] if stop_first else [*extra, "stop"])
-    decision = decide(rules, text, "en")
+    decision = decide(EXAMPLE, text, "en")
     assert decision.action == "escalate"
     assert decision.rule_id == "consent_complaint"
 
