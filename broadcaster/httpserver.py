@@ -265,8 +265,7 @@ class _Conn:
         buf = self.buf
         while True:
             end = buf.find(b"\r\n\r\n")
-            if end < 0 or len(buf) < end + 4 + 1:  # may have to wait for the peer
-                self.arm_idle()
+            self.arm_idle()  # the peer has idle_timeout s to deliver this request
             while end < 0:
                 if len(buf) > MAX_HEADER_BYTES:
                     raise _NotPlain  # h11 answers 431/400

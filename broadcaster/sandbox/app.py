@@ -22,6 +22,8 @@ import base64
 import binascii
 import logging
 import random
+import signal
+import threading
 import time
 from functools import partial
 from typing import Any, NoReturn
@@ -340,7 +342,9 @@ async def serve_sandbox(config: SandboxConfig, *,
 
 
 def sandbox_main(config: SandboxConfig, *, announce: bool = True) -> None:
-    """Run a sandbox in this thread until Ctrl-C (a clean exit, no traceback).
+    """Run a sandbox in this thread until Ctrl-C or SIGTERM; both exit cleanly.
+
+    Signals are caught only on the main thread; elsewhere it runs until the process ends.
 
     With `announce`, prints 'sandbox ready: <base url>' to stdout once it accepts connections.
     """
@@ -350,8 +354,14 @@ def sandbox_main(config: SandboxConfig, *, announce: bool = True) -> None:
             url = await nursery.start(serve_sandbox, config)
             if announce:
                 print(f"sandbox ready: {url}", flush=True)
+            if threading.current_thread() is threading.main_thread():
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        logger.info("sandbox stopping on signal %d", signum)
+                        nursery.cancel_scope.cancel()
+                        break
 
     try:
         trio.run(main)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:  # a Ctrl-C that lands before the signal receiver is installed
         pass

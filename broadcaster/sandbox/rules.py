@@ -64,8 +64,12 @@ class TemplateSpec:
     header_format: str | None  # TEXT, IMAGE, VIDEO, DOCUMENT, LOCATION or None
     header_text: str
     header_slots: tuple[str, ...]
+    header_occurrences: tuple[str, ...]  # slot name per placeholder occurrence
+    header_static: int  # characters outside placeholders
     body_text: str
     body_slots: tuple[str, ...]
+    body_occurrences: tuple[str, ...]
+    body_static: int
     buttons: tuple[tuple[str, int], ...]  # (type lower-case, placeholder count) per button index
     body_only: bool
 
@@ -95,13 +99,18 @@ def _spec(doc: Mapping[str, Any], where: str) -> TemplateSpec:
                 btype = str(button.get("type", "")).lower()
                 url = str(button.get("url", "")) if btype == "url" else ""
                 buttons.append((btype, len(placeholders(url))))
+    text_header = header_format == "TEXT"
     return TemplateSpec(
         name=name, language=language, status=str(doc.get("status", "APPROVED")).upper(),
         category=str(doc.get("category", "MARKETING")).lower(),
         named=str(doc.get("parameter_format", "POSITIONAL")).upper() == "NAMED",
         header_format=header_format, header_text=header_text,
-        header_slots=placeholders(header_text) if header_format == "TEXT" else (),
-        body_text=body_text, body_slots=placeholders(body_text), buttons=tuple(buttons),
+        header_slots=placeholders(header_text) if text_header else (),
+        header_occurrences=tuple(_PLACEHOLDER.findall(header_text)) if text_header else (),
+        header_static=len(_PLACEHOLDER.sub("", header_text)),
+        body_text=body_text, body_slots=placeholders(body_text),
+        body_occurrences=tuple(_PLACEHOLDER.findall(body_text)),
+        body_static=len(_PLACEHOLDER.sub("", body_text)), buttons=tuple(buttons),
         body_only=kinds <= {"BODY"},
     )
 
@@ -149,58 +158,60 @@ class Send:
 # --------------------------------------------------------------------------- parameters
 
 
-def _param_value(param: object, where: str) -> tuple[str | None, str | None]:
-    """(parameter_name, text value or None for non-text kinds) of one parameter object."""
+def _param_value(param: object, where: str, index: int) -> tuple[str | None, str | None]:
+    """(parameter_name, text value or None for non-text kinds) of `where`.parameters[index]."""
     if not isinstance(param, dict):
-        raise GraphError(100, f"{where} must be an object.")
+        raise GraphError(100, f"{where}.parameters[{index}] must be an object.")
     kind = param.get("type")
     name = param.get("parameter_name")
     if name is not None and not isinstance(name, str):
-        raise GraphError(100, f"{where}.parameter_name must be a string.")
+        raise GraphError(100, f"{where}.parameters[{index}].parameter_name must be a string.")
     if kind == "text":
         text = param.get("text")
         if not isinstance(text, str):
-            raise GraphError(100, f"{where}.text must be a string.")
+            raise GraphError(100, f"{where}.parameters[{index}].text must be a string.")
         if not text:
-            raise GraphError(131008, f"{where}.text is empty.")
+            raise GraphError(131008, f"{where}.parameters[{index}].text is empty.")
         if _BAD_TEXT.search(text):
-            raise GraphError(132018, f"{BAD_TEXT_DETAILS} ({where}).")
+            raise GraphError(132018, f"{BAD_TEXT_DETAILS} ({where}.parameters[{index}]).")
         return name, text
+    at = f"{where}.parameters[{index}]"
     if kind in ("currency", "date_time"):
         obj = param.get(kind)
         value = obj.get("fallback_value") if isinstance(obj, dict) else None
         if not isinstance(value, str) or not value:
-            raise GraphError(131008, f"{where}.{kind}.fallback_value is required.")
+            raise GraphError(131008, f"{at}.{kind}.fallback_value is required.")
         return name, value
     if kind in MEDIA_TYPES:
         media = param.get(kind)
         if not isinstance(media, dict) or not (media.get("link") or media.get("id")):
-            raise GraphError(131008, f"{where}.{kind} needs a link or an id.")
+            raise GraphError(131008, f"{at}.{kind} needs a link or an id.")
         return name, None
     if kind in ("location", "payload", "coupon_code", "action"):
         if param.get(kind) in (None, ""):
-            raise GraphError(131008, f"{where}.{kind} is required.")
+            raise GraphError(131008, f"{at}.{kind} is required.")
         return name, None
-    raise GraphError(100, f"{where}.type {kind!r} is not a supported parameter type.")
+    raise GraphError(100, f"{at}.type {kind!r} is not a supported parameter type.")
 
 
 def _texts(params: list[object], where: str, spec: TemplateSpec | None) -> dict[str, str]:
     """Slot name → value for a header/body component (positional slots are '1', '2', ...)."""
-    pairs = [_param_value(p, f"{where}.parameters[{i}]") for i, p in enumerate(params)]
-    named = [n is not None for n, _ in pairs]
-    if any(named) and not all(named):
-        raise GraphError(132018, f"{where} mixes named and positional parameters.")
-    is_named = bool(pairs) and all(named)
-    if spec is not None and pairs and is_named != spec.named:
-        wanted = "named" if spec.named else "positional"
-        raise GraphError(132018, f"{where}: template {spec.name} ({spec.language}) takes {wanted} "
-                         "parameters.")
     values: dict[str, str] = {}
-    for i, (name, text) in enumerate(pairs):
-        key = name if is_named else str(i + 1)
+    named = 0
+    for i, param in enumerate(params):
+        name, text = _param_value(param, where, i)
+        if name is not None:
+            named += 1
+        key = name if name is not None else str(i + 1)
         if key in values:
             raise GraphError(132000, f"{where}: parameter {key!r} is given twice.")
         values[key] = text if text is not None else ""
+    if named and named != len(params):
+        raise GraphError(132018, f"{where} mixes named and positional parameters.")
+    if spec is not None and params and bool(named) != spec.named:
+        wanted = "named" if spec.named else "positional"
+        raise GraphError(132018, f"{where}: template {spec.name} ({spec.language}) takes {wanted} "
+                         "parameters.")
     return values
 
 
@@ -215,8 +226,9 @@ def _match_slots(values: dict[str, str], slots: tuple[str, ...], where: str, nam
         raise GraphError(132000, f"{where}: expected {len(slots)} parameters, got {len(values)}.")
 
 
-def _hydrate(text: str, values: dict[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+def _hydrated_len(static: int, occurrences: tuple[str, ...], values: dict[str, str]) -> int:
+    """Length of a text with every placeholder occurrence replaced by its value."""
+    return static + sum(len(values[s]) for s in occurrences)
 
 
 def _components(template: dict[str, Any]) -> tuple[list[object] | None, list[object] | None,
@@ -284,10 +296,10 @@ def _check_template(template: object, specs: dict[tuple[str, str], TemplateSpec]
             raise GraphError(132005, f"a body parameter is longer than {limit} characters.")
     else:
         _match_slots(body_values, spec.body_slots, "template body", spec.named)
-        hydrated = _hydrate(spec.body_text, body_values)
+        size = _hydrated_len(spec.body_static, spec.body_occurrences, body_values)
         limit = BODY_ONLY_MAX if spec.body_only else BODY_MAX
-        if len(hydrated) > limit:
-            raise GraphError(132005, f"hydrated body is {len(hydrated)} characters, over {limit}.")
+        if size > limit:
+            raise GraphError(132005, f"hydrated body is {size} characters, over {limit}.")
         _check_buttons(buttons, spec)
     return spec
 
@@ -303,7 +315,7 @@ def _check_header(params: list[object] | None, spec: TemplateSpec | None) -> Non
         kind = params[0].get("type") if isinstance(params[0], dict) else None
         if kind != fmt.lower():
             raise GraphError(132012, f"{where}: expected a {fmt.lower()} parameter, got {kind!r}.")
-        _param_value(params[0], f"{where}.parameters[0]")
+        _param_value(params[0], where, 0)
         return
     values = _texts(params or [], where, spec)
     if spec is None:
@@ -311,7 +323,7 @@ def _check_header(params: list[object] | None, spec: TemplateSpec | None) -> Non
             raise GraphError(132005, f"a header parameter is longer than {HEADER_MAX} characters.")
         return
     _match_slots(values, spec.header_slots, where, spec.named)
-    if values and len(_hydrate(spec.header_text, values)) > HEADER_MAX:
+    if values and _hydrated_len(spec.header_static, spec.header_occurrences, values) > HEADER_MAX:
         raise GraphError(132005, f"hydrated header is over {HEADER_MAX} characters.")
 
 
@@ -328,7 +340,7 @@ def _check_buttons(given: dict[int, tuple[str, list[object]]], spec: TemplateSpe
             raise GraphError(132012, f"{where}: sub_type {sub_type!r} does not match the "
                              f"template's {btype} button.")
         for i, param in enumerate(params):
-            _param_value(param, f"{where}.parameters[{i}]")
+            _param_value(param, where, i)
         if btype == "url" and len(params) != slots:
             raise GraphError(132000, f"{where}: expected {slots} parameters, got {len(params)}.")
 

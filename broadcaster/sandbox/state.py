@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["SandboxState"]
 
 PER_SECOND_KEEP = 3600  # seconds of per-second history kept for /_sandbox/stats
-MESSAGES_KEEP = 1000  # recent accepted payloads kept for /_sandbox/messages
+MESSAGES_KEEP = 5000  # recent accepted payloads kept for /_sandbox/messages
 SERVICE_WINDOW_S = 24 * 3600.0  # customer-service window opened by an inbound message
 
 
