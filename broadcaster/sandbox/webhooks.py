@@ -9,9 +9,9 @@ Guarantees of the emitter:
   soonest ("oldest") is dropped and counted in stats as `webhooks_dropped`.
 - Each POST carries up to `webhook_batch_size` status events, grouped per phone_number_id, signed
   `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(raw body, app_secret)>`.
-- A non-2xx answer or a connection error is retried up to `webhook_max_attempts` times with
-  exponential backoff (0.2, 0.4, 0.8 … s); a POST that still fails is counted in `failed` and
-  dropped. Meta retries for 7 days; the sandbox does not.
+- Any answer but 200 (as at Meta, a 204 counts as a failure) or a connection error is retried up
+  to `webhook_max_attempts` times with exponential backoff (0.2, 0.4, 0.8 … s); a POST that
+  still fails is counted in `failed` and dropped. Meta retries for 7 days; the sandbox does not.
 - Duplicates (a second copy of an event, 50 ms after the first) and reordering (shuffled events
   within one POST) are opt-in, to exercise a receiver's idempotence.
 """
@@ -238,7 +238,7 @@ class WebhookEmitter:
             except httpx.HTTPError as exc:
                 logger.debug("webhook post attempt %d failed: %s", attempt + 1, exc)
                 continue
-            if 200 <= status < 300:
+            if status == 200:
                 self._state.webhooks["posts"] += 1
                 self._state.webhooks["events"] += events
                 return status
