@@ -38,7 +38,7 @@ class Resolution:
 async def _locked(conn: Connection, conversation_id: int) -> Any:
     row = await conn.fetchrow(
         """SELECT c.*, t.name AS team FROM inbox_conversations c LEFT JOIN inbox_teams t ON t.id = c.team_id
-            WHERE c.id = $1 FOR UPDATE OF c""", conversation_id)
+            WHERE c.id = $1 FOR NO KEY UPDATE OF c""", conversation_id)
     if row is None:
         raise NotFoundError(f"conversation {conversation_id} does not exist (see `broadcaster inbox list`)")
     return row

@@ -96,6 +96,7 @@ async def set_agent(db: Database, workspace: str, name: str, *, online: bool | N
         raise InputError(f"agent {name!r}: max_open must be 0 or more, got {max_open}")
     async with db.transaction() as conn:
         agent_id = await _agent(conn, workspace, name)
+        await routing.lock_agent_teams(conn, agent_id)  # teams before the agent row: the drains' lock order
         await conn.execute(
             """UPDATE inbox_agents SET online = coalesce($2, online), max_open = coalesce($3, max_open)
                 WHERE id = $1""", agent_id, online, max_open)

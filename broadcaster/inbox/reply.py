@@ -163,7 +163,7 @@ async def send_agent_reply(db: Database, sender: TextSender, conversation_id: in
                  LEFT JOIN inbox_service_windows w
                         ON w.phone_number_id = coalesce(c.phone_number_id, '') AND w.wa_id = k.wa_id
                  LEFT JOIN inbox_agents a ON a.id = c.agent_id
-                WHERE c.id = $1 FOR UPDATE OF c""", conversation_id)
+                WHERE c.id = $1 FOR NO KEY UPDATE OF c""", conversation_id)
         if conv is None:
             raise NotFoundError(f"conversation {conversation_id} does not exist (see `broadcaster inbox list`)")
         if conv["status"] == "resolved":
@@ -207,7 +207,7 @@ async def send_agent_reply(db: Database, sender: TextSender, conversation_id: in
         cur = await conn.fetchrow(
             """SELECT c.status, c.first_human_reply_at, c.first_inbound_at, t.name AS team
                  FROM inbox_conversations c LEFT JOIN inbox_teams t ON t.id = c.team_id
-                WHERE c.id = $1 FOR UPDATE OF c""", conversation_id)
+                WHERE c.id = $1 FOR NO KEY UPDATE OF c""", conversation_id)
         is_first = cur["first_human_reply_at"] is None
         take = agent_id is not None and cur["status"] in ("queued", "bot")  # the replying agent takes it
         await conn.execute(

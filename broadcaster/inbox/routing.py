@@ -13,9 +13,10 @@ When nobody is eligible the conversation waits in the team queue; `drain_team` a
 conversations oldest first whenever an agent frees up (resolve, back online, cap raised).
 
 The decisions are pure (`resolve_team`, `pick_agent`); the async functions run them inside the
-caller's transaction. Locks are taken in one order everywhere (conversation → team → agents by id)
-and queued conversations are taken with SKIP LOCKED, so concurrent routing cannot deadlock, and
-an agent's cap holds under concurrency (its row is locked while it is counted and assigned).
+caller's transaction. Locks are taken in one order everywhere (the caller's conversation → every
+team involved, by id → every member agent, by id) and other queued conversations are taken with
+SKIP LOCKED, so concurrent routing cannot deadlock, and an agent's cap holds under concurrency (its
+row is locked while it is counted and assigned).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from broadcaster.db import Connection
 from segments.canon import canonical_genre, canonical_language
 
 __all__ = [
-    "STRATEGIES", "Assignment", "Candidate", "drain_agent_teams", "drain_team", "pick_agent",
-    "resolve_team", "route_conversation", "route_key", "team_for",
+    "STRATEGIES", "Assignment", "Candidate", "drain_agent_teams", "drain_team", "drain_teams", "lock_agent_teams",
+    "pick_agent", "resolve_team", "route_conversation", "route_key", "team_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,26 +119,38 @@ async def team_for(conn: Connection, workspace: str, genre: str | None,
 
 
 async def _candidates(conn: Connection, team_id: int) -> list[Candidate]:
-    # agent rows are locked (in id order) so two teams sharing an agent cannot both fill its last slot
     rows = await conn.fetch(
         """SELECT a.id, a.online, a.max_open, m.last_assigned,
                   (SELECT count(*) FROM inbox_conversations c
                     WHERE c.agent_id = a.id AND c.status = 'assigned') AS open_count
              FROM inbox_team_members m JOIN inbox_agents a ON a.id = m.agent_id
-            WHERE m.team_id = $1
-            ORDER BY a.id
-              FOR UPDATE OF a""", team_id)
+            WHERE m.team_id = $1 ORDER BY a.id""", team_id)
     return [Candidate(r["id"], r["online"], r["open_count"], r["max_open"], r["last_assigned"]) for r in rows]
 
 
-async def drain_team(conn: Connection, team_id: int, now: datetime) -> list[tuple[int, int]]:
-    """Assign the team's queued conversations, oldest first, while an agent is eligible.
+async def _lock(conn: Connection, team_ids: list[int]) -> list[Any]:
+    """Lock the teams, then every member agent, each set in id order, in two statements.
 
-    Returns [(conversation id, agent id)] in assignment order. Runs in the caller's transaction.
+    Why: an agent can sit in several teams. Taking all team locks first and then all agent locks
+    in one global order means two drains can wait for each other but never in a cycle, and an
+    agent's open count cannot change between counting it and filling its last slot. The locks are
+    FOR NO KEY UPDATE: inserting a conversation that references a team (or assigning one to an
+    agent) takes a KEY SHARE lock through the foreign key, which FOR UPDATE would conflict with:
+    two handlers each holding KEY SHARE and both asking FOR UPDATE deadlock (the concurrency test
+    caught exactly that).
     """
-    team = await conn.fetchrow("SELECT strategy, online_only FROM inbox_teams WHERE id = $1 FOR UPDATE", team_id)
-    if team is None:
-        return []
+    teams = await conn.fetch(
+        "SELECT id, strategy, online_only FROM inbox_teams WHERE id = ANY($1::int[]) ORDER BY id FOR NO KEY UPDATE",
+        team_ids)
+    await conn.fetch(
+        """SELECT id FROM inbox_agents
+            WHERE id IN (SELECT agent_id FROM inbox_team_members WHERE team_id = ANY($1::int[]))
+            ORDER BY id FOR NO KEY UPDATE""", team_ids)
+    return teams
+
+
+async def _drain_locked(conn: Connection, team: Any, now: datetime) -> list[tuple[int, int]]:
+    team_id = team["id"]
     done: list[tuple[int, int]] = []
     candidates = await _candidates(conn, team_id)
     for _ in range(MAX_DRAIN):
@@ -147,7 +161,7 @@ async def drain_team(conn: Connection, team_id: int, now: datetime) -> list[tupl
             """SELECT id FROM inbox_conversations
                 WHERE team_id = $1 AND status = 'queued'
                 ORDER BY queued_at, id
-                LIMIT 1 FOR UPDATE SKIP LOCKED""", team_id)
+                LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED""", team_id)
         if conv is None:
             break
         turn = await conn.fetchval(
@@ -165,21 +179,50 @@ async def drain_team(conn: Connection, team_id: int, now: datetime) -> list[tupl
     return done
 
 
+async def drain_teams(conn: Connection, team_ids: Iterable[int], now: datetime) -> list[tuple[int, int]]:
+    """Assign the teams' queued conversations, oldest first per team, while an agent is eligible.
+
+    Returns [(conversation id, agent id)] in assignment order. Runs in the caller's transaction.
+    """
+    ids = sorted(set(team_ids))
+    if not ids:
+        return []
+    done: list[tuple[int, int]] = []
+    for team in await _lock(conn, ids):
+        done.extend(await _drain_locked(conn, team, now))
+    return done
+
+
+async def drain_team(conn: Connection, team_id: int, now: datetime) -> list[tuple[int, int]]:
+    """`drain_teams` for one team."""
+    return await drain_teams(conn, [team_id], now)
+
+
+async def _agent_team_ids(conn: Connection, agent_id: int) -> list[int]:
+    return [r["team_id"] for r in await conn.fetch(
+        "SELECT team_id FROM inbox_team_members WHERE agent_id = $1", agent_id)]
+
+
+async def lock_agent_teams(conn: Connection, agent_id: int) -> None:
+    """Take the drain locks (the agent's teams, then their agents) before changing the agent's row.
+
+    Updating an agent first and draining after would lock agent → team, the reverse of a drain.
+    """
+    team_ids = sorted(set(await _agent_team_ids(conn, agent_id)))
+    if team_ids:
+        await _lock(conn, team_ids)
+
+
 async def drain_agent_teams(conn: Connection, agent_id: int, now: datetime) -> list[tuple[int, int]]:
     """Drain every team the agent belongs to (after it resolved, came online or got a higher cap)."""
-    team_ids = [r["team_id"] for r in await conn.fetch(
-        "SELECT team_id FROM inbox_team_members WHERE agent_id = $1 ORDER BY team_id", agent_id)]
-    done: list[tuple[int, int]] = []
-    for team_id in team_ids:
-        done.extend(await drain_team(conn, team_id, now))
-    return done
+    return await drain_teams(conn, await _agent_team_ids(conn, agent_id), now)
 
 
 async def route_conversation(conn: Connection, conversation_id: int, workspace: str, genre: str | None,
                              language: str | None, now: datetime) -> Assignment:
     """Queue a conversation that needs a human in its team, then drain the team (oldest first).
 
-    The caller holds the conversation row (FOR UPDATE) in its transaction. A conversation already
+    The caller holds the conversation row (locked) in its transaction. A conversation already
     queued or assigned is left where it is.
     """
     row = await conn.fetchrow("SELECT status, team_id, agent_id FROM inbox_conversations WHERE id = $1",

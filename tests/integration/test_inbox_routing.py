@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import trio
 
 from broadcaster.db import Database
 from broadcaster.errors import NotFoundError, StateError
@@ -155,3 +156,43 @@ async def test_workspaces_do_not_share_agents_or_routes(db: Database, uniq: str)
         await directory.add_team(db, a.workspace, "other", routes=[(None, None)])
     teams = await directory.list_teams(db, a.workspace)
     assert [(t["name"], t["routes"], t["members"]) for t in teams] == [("team", ["default"], [])]
+
+
+async def test_cap_holds_and_nothing_deadlocks_under_concurrent_routing_and_resolving(
+        db: Database, uniq: str, phone_factory) -> None:
+    """Two teams sharing an agent; messages, resolutions and a cap change race each other."""
+    env = await make_env(db, uniq)
+    await directory.add_team(db, env.workspace, "hi", routes=[(None, "hi")])
+    await directory.add_team(db, env.workspace, "ta", routes=[(None, "ta")], strategy="least_open")
+    for name, teams in (("a1", ["hi"]), ("a2", ["hi", "ta"]), ("a3", ["ta"])):
+        await directory.add_agent(db, env.workspace, name, max_open=2)
+        for team in teams:
+            await directory.join_team(db, env.workspace, team, name)
+    phones = [(phone_factory(), "hi" if i % 2 else "ta") for i in range(24)]
+    for phone, language in phones:
+        await add_contact(db, env, phone, language=language)
+
+    async def ask(phone: str) -> None:
+        await env.inbox.handle_messages(db, value_for(env, phone, text("hello?")))
+
+    async with trio.open_nursery() as nursery:
+        for phone, _ in phones[:16]:
+            nursery.start_soon(ask, phone)
+
+    async def open_counts() -> dict[str, int]:
+        return {r["name"]: r["open"] for r in await directory.list_agents(db, env.workspace)}
+
+    assert await open_counts() == {"a1": 2, "a2": 2, "a3": 2}
+    assigned = [r["id"] for r in await db.fetch(
+        "SELECT id FROM inbox_conversations WHERE workspace = $1 AND status = 'assigned'", env.workspace)]
+    async with trio.open_nursery() as nursery:
+        for conv_id in assigned:
+            nursery.start_soon(resolve_conversation, db, conv_id)
+        for phone, _ in phones[16:]:
+            nursery.start_soon(ask, phone)
+        nursery.start_soon(lambda: directory.set_agent(db, env.workspace, "a3", max_open=3))
+    counts = await open_counts()
+    assert counts == {"a1": 2, "a2": 2, "a3": 3}
+    status = dict(await db.fetch("SELECT status, count(*) FROM inbox_conversations WHERE workspace = $1 "
+                                 "GROUP BY status", env.workspace))
+    assert status == {"resolved": 6, "assigned": 7, "queued": 24 - 6 - 7}
