@@ -1,0 +1,267 @@
+"""The send plan: what launching a campaign would do, before anything is sent.
+
+    audience after suppression and caps (per language variant, skipped by reason)
+    pre-flight result (template, variables, sender number)
+    estimate: at the number's messages/s and daily tier budget, when it finishes — or after how
+              many recipients the tier runs out, and when it could continue
+
+Guarantees:
+- The audience numbers are exactly what `launch` would freeze now: for a campaign not yet
+  launched (draft, scheduled, a recurring series' next run) the real freeze runs inside a
+  transaction that is always rolled back, so nothing is written; for a launched campaign they
+  come from its ledger (what is still unsettled is what is left to send).
+- `estimate` is a pure function of its inputs; times are aware UTC datetimes, never process-local.
+
+What it is not: not a promise. The ETA assumes the number sends at its configured rate
+(sender_numbers.mps, default 80/s) without throttling; throttles (130429) and retries make a
+real run slower. The tier (sender_numbers.tier, NULL = unlimited) counts unique recipients
+accepted from the number in a rolling 24 h (`broadcaster.numbers.tier_usage`); when it runs
+out the engine pauses the campaign (`tier_exhausted`) until budget frees up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import trio
+
+from broadcaster.campaign_run import DEFAULT_MPS
+from broadcaster.campaigns import Campaign, PreflightFailed, compile_for, freeze_audience, get_campaign
+from broadcaster.db import Connection, Database
+from broadcaster.errors import BroadcasterError, DatabaseError
+from broadcaster.numbers import tier_usage
+from broadcaster.schedule import workspace_timezone
+
+__all__ = ["Estimate", "SendPlan", "estimate", "send_plan"]
+
+TIER_WINDOW = timedelta(hours=24)
+NOT_LAUNCHED = ("draft", "scheduled", "recurring")
+MAX_TIER_WINDOWS = 366  # estimate at most a year of tier-limited days
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """When sending `to_send` recipients from `start` would finish.
+
+    budget_stops_after: recipients sent before the tier budget runs out (None: it does not run out);
+    pause_at / continue_at: when the engine would pause for the tier and when budget frees up again.
+    finish_at is None when it can never finish (a tier of 0).
+    """
+
+    start_at: datetime
+    finish_at: datetime | None
+    send_s: float                       # time spent sending at the configured rate
+    budget_stops_after: int | None = None
+    pause_at: datetime | None = None
+    continue_at: datetime | None = None
+
+
+def estimate(*, to_send: int, new_recipients: int, mps: float, tier_limit: int | None,
+             tier_remaining: int | None, oldest_in_window: datetime | None, start: datetime) -> Estimate:
+    """ETA at `mps` messages/s under a daily unique-recipient tier.
+
+    Args:
+        to_send: recipients left to send.
+        new_recipients: those of them not yet reached from this number in the last 24 h (only
+            these consume tier budget).
+        tier_limit / tier_remaining: the tier and what is left of it now (None = unlimited).
+        oldest_in_window: the oldest first contact still in the 24 h window (budget frees 24 h
+            after it); None when the window is empty.
+
+    Model: sending is uniform at `mps`; already-reached recipients are spread evenly through the
+    audience, so the budget runs out after tier_remaining × to_send / new_recipients of them. The
+    window then frees up 24 h after its oldest contact (or 24 h after this start), and each later
+    24 h window admits `tier_limit` more new recipients.
+
+    Worked example: 10,000 to send, all new, 80/s, tier 2,000 with 500 used, oldest contact 20:00
+    yesterday, start 10:00 → stops after 1,500 (10:00:19), continues at 20:00 today, sends 2,000
+    more per window: done 4 windows later plus 2,000/80 s.
+    """
+    if mps <= 0:
+        raise ValueError(f"mps must be positive, got {mps}")
+    send_s = to_send / mps
+    if to_send <= 0:
+        return Estimate(start, start, 0.0)
+    if tier_remaining is None or tier_limit is None or new_recipients <= tier_remaining:
+        return Estimate(start, start + timedelta(seconds=send_s), send_s)
+    new_share = new_recipients / to_send
+    stops_after = min(to_send, math.floor(tier_remaining / new_share))
+    pause_at = start + timedelta(seconds=stops_after / mps)
+    frees_at = (oldest_in_window or start) + TIER_WINDOW
+    continue_at = max(pause_at, frees_at)
+    if tier_limit <= 0:
+        return Estimate(start, None, send_s, stops_after, pause_at, None)
+    rest_new = new_recipients - tier_remaining
+    t = continue_at
+    windows = 0
+    while rest_new > tier_limit and windows < MAX_TIER_WINDOWS:
+        rest_new -= tier_limit
+        t += TIER_WINDOW
+        windows += 1
+    finish = t + timedelta(seconds=(rest_new / new_share) / mps) if windows < MAX_TIER_WINDOWS else None
+    return Estimate(start, finish, send_s, stops_after, pause_at, continue_at)
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    campaign: str
+    state: str
+    template: str
+    category: str | None
+    segment: str
+    timezone: str
+    frozen: bool                        # numbers from the ledger (launched) vs. a rolled-back dry run
+    audience: int                       # every member of the segment (deduplicated by number)
+    skipped: dict[str, int]             # reason → recipients not sent (suppression, caps, …)
+    to_send: int                        # what would be (or is still to be) sent
+    by_language: dict[str, int]         # template language variant → recipients to send
+    preflight_ok: bool
+    problems: list[str]
+    warnings: list[str]
+    number: str | None
+    mps: float
+    tier: int | None
+    tier_reached: int                   # unique recipients reached from the number in the last 24 h
+    tier_remaining: int | None
+    new_recipients: int                 # of to_send, those who would consume tier budget
+    eta: Estimate
+    settled: dict[str, int] = field(default_factory=dict)  # launched: rows already in a final state
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in list(out["eta"].items()):
+            if isinstance(value, datetime):
+                out["eta"][key] = value.astimezone(UTC).isoformat()
+        return out
+
+
+@contextlib.asynccontextmanager
+async def _rolled_back(db: Database) -> AsyncIterator[Connection]:
+    """A connection inside a transaction that is always rolled back (shielded, like db.py's)."""
+    async with db.acquire() as conn:
+        await conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            with trio.move_on_after(10, shield=True), contextlib.suppress(DatabaseError):
+                await conn.execute("ROLLBACK")
+
+
+_COUNTS = """
+SELECT language, state, skip_reason, count(*)::bigint AS n FROM ledger WHERE campaign_id = $1
+GROUP BY 1, 2, 3
+"""
+# recipients left to send that were NOT reached from this number in the last 24 h
+_NEW_RECIPIENTS = """
+SELECT count(*) FROM (SELECT DISTINCT wa_id FROM ledger
+                      WHERE campaign_id = $1 AND state IN ('pending', 'claimed', 'unknown')) todo
+WHERE NOT EXISTS (
+    SELECT 1 FROM ledger o JOIN campaigns k ON k.id = o.campaign_id
+    WHERE o.wa_id = todo.wa_id AND (k.phone_number_id = $2 OR ($3 AND k.phone_number_id IS NULL))
+      AND (o.accepted_at > now() - interval '24 hours' OR o.state = 'claimed'))
+"""
+
+
+async def send_plan(db: Database, name: str, *, default_number: str | None, now: datetime) -> SendPlan:
+    """The plan for campaign `name` as of `now` (aware). `default_number` is the sender used by
+    campaigns without one (WHATSAPP_PHONE_NUMBER_ID)."""
+    if now.tzinfo is None:
+        raise ValueError("send_plan(now=…) needs an aware datetime")
+    campaign = await get_campaign(db, name)
+    problems: list[str] = []
+    warnings: list[str] = []
+    compiled = category = None
+    try:
+        compiled, category = await compile_for(db, campaign)
+        warnings.extend(compiled.warnings)
+    except PreflightFailed as exc:
+        problems.extend(exc.problems)
+    except DatabaseError:
+        raise
+    except BroadcasterError as exc:  # template missing, …
+        problems.append(str(exc))
+    number = campaign.phone_number_id or default_number
+    if number is None:
+        problems.append("no sender number: set WHATSAPP_PHONE_NUMBER_ID or create the campaign with --number")
+
+    mps, tier = float(DEFAULT_MPS), None
+    if number is not None:
+        row = await db.fetchrow("SELECT mps, tier FROM sender_numbers WHERE phone_number_id = $1", number)
+        if row is not None:
+            mps, tier = float(row["mps"]), row["tier"]
+    number_is_default = number is not None and number == default_number
+    tiered = number if tier is not None else None  # new recipients matter only under a tier
+
+    frozen = campaign.state not in NOT_LAUNCHED
+    if frozen:
+        rows = await db.fetch(_COUNTS, campaign.id)
+        new = await _new_recipients(db, campaign.id, tiered, number_is_default)
+    elif compiled is not None:
+        async with _rolled_back(db) as conn:
+            await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
+            rows = await conn.fetch(_COUNTS, campaign.id)
+            new = await _new_recipients(conn, campaign.id, tiered, number_is_default)
+    else:  # pre-flight failed: no language choice possible; count the segment by contact language
+        rows, new = await _segment_counts(db, campaign), None
+
+    skipped: dict[str, int] = {}
+    by_language: dict[str, int] = {}
+    settled: dict[str, int] = {}
+    audience = 0
+    for r in rows:
+        n = int(r["n"])
+        audience += n
+        if r["state"] == "skipped":
+            reason = r["skip_reason"] or "unknown"
+            skipped[reason] = skipped.get(reason, 0) + n
+        elif r["state"] in ("pending", "claimed", "unknown"):
+            by_language[r["language"]] = by_language.get(r["language"], 0) + n
+        else:
+            settled[r["state"]] = settled.get(r["state"], 0) + n
+    to_send = sum(by_language.values())
+    by_language = dict(sorted(by_language.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    usage = await tier_usage(db, number, tier, is_default=number_is_default) if number and tier else None
+    reached = usage.reached if usage else 0
+    remaining = usage.remaining if usage else None
+    start = now
+    if campaign.state in ("scheduled", "recurring"):  # it would start at its next slot
+        slot = await db.fetchval("SELECT next_run_at FROM schedules WHERE campaign_id = $1 AND state = 'active'",
+                                 campaign.id)
+        start = max(now, slot) if slot else now
+    new_recipients = to_send if new is None else new
+    eta = estimate(to_send=to_send, new_recipients=new_recipients, mps=mps, tier_limit=tier,
+                   tier_remaining=remaining, oldest_in_window=usage.oldest_at if usage else None, start=start)
+    return SendPlan(
+        campaign=campaign.name, state=campaign.state, template=campaign.template_name, category=category,
+        segment=campaign.segment, timezone=await workspace_timezone(db, campaign.workspace), frozen=frozen,
+        audience=audience, skipped=skipped, to_send=to_send, by_language=by_language,
+        preflight_ok=not problems, problems=problems, warnings=warnings, number=number, mps=mps, tier=tier,
+        tier_reached=reached, tier_remaining=remaining, new_recipients=new_recipients, eta=eta, settled=settled)
+
+
+async def _new_recipients(db: Database | Connection, campaign_id: int, number: str | None,
+                          is_default: bool) -> int | None:
+    if number is None:
+        return None
+    return int(await db.fetchval(_NEW_RECIPIENTS, campaign_id, number, is_default))
+
+
+async def _segment_counts(db: Database, campaign: Campaign) -> list[dict[str, Any]]:
+    """Segment members by contact language, all `pending` (used only when pre-flight failed)."""
+    from broadcaster.segment_store import get_segment
+    from segments.filters import compile_filter
+
+    try:
+        seg = await get_segment(db, campaign.segment)
+    except BroadcasterError:
+        return []
+    where, params = compile_filter(seg, first_param=1, alias="c")
+    rows = await db.fetch(f"SELECT COALESCE(c.language, '?') AS language, count(DISTINCT c.wa_id)::bigint AS n"
+                          f" FROM contacts c WHERE {where} GROUP BY 1", *params)
+    return [{"language": r["language"], "state": "pending", "skip_reason": None, "n": r["n"]} for r in rows]
