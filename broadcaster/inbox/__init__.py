@@ -1,9 +1,12 @@
 """The inbound companion: replies, FAQ auto-answers, routing by genre × language, Slack escalation.
 
-Layering (each module imports only those to its right):
+Layering (each module imports only those below it; none imports cli or commands):
 
-    conversations, directory ─▶ handler ─▶ routing, rules, messages, slack, worker ─▶ reply
-    report (reads only)
+    conversations, directory       agent actions, agents/teams admin
+    handler                        the webhook entry (one transaction per message)
+    routing, rules, messages       pure decisions (+ routing's SQL), wire parsing
+    worker ─▶ reply, slack         the senders, outside the webhook path
+    report                         reads only
 
     handler.handle_messages(db, value)   webhook entry: store once, apply rules, route, queue
     worker.run_inbox_worker(db, settings) sends queued rule answers and Slack escalations
