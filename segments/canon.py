@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "GENRES", "LANGUAGES", "canonical_city", "canonical_genre", "canonical_language", "canonical_tags",
+    "GENRES", "LANGUAGES", "WHATSAPP_LANGUAGES", "canonical_city", "canonical_genre", "canonical_language",
+    "canonical_tags",
 ]
 
 _SPACES = re.compile(r"\s+")
@@ -29,6 +30,11 @@ LANGUAGES: frozenset[str] = frozenset({
     "raj", "ro", "ru", "rw_RW", "sa", "sd", "sk", "sl", "sq", "sr", "sv", "sw", "ta", "te", "th", "tr",
     "uk", "ur", "uz", "vi", "zh_CN", "zh_HK", "zh_TW", "zu",
 })
+
+# The subset WhatsApp has template languages for (Meta's list as read in docs/whatsapp-cloud-api.md):
+# contacts with another language get the campaign's fallback.
+WHATSAPP_LANGUAGES: frozenset[str] = LANGUAGES - frozenset({
+    "as", "bho", "hne", "kok", "ks", "mai", "ne", "or", "raj", "sa", "sd"})
 
 _LANGUAGE_NAMES = {
     "hindi": "hi", "bengali": "bn", "bangla": "bn", "telugu": "te", "marathi": "mr", "tamil": "ta",

@@ -24,6 +24,7 @@ class InvalidPhone(SegmentsError):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
+        self.detail = detail or reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 

@@ -101,9 +101,8 @@ class ContactFile:
             for cells in reader:
                 row_no += 1
                 n = len(cells)
-                for cell in cells:
-                    if not cell.isascii() and _undecodable(cell):
-                        raise _not_utf8(self.path, f"row {row_no}")
+                if not all(map(str.isascii, cells)) and _undecodable("".join(cells)):
+                    raise _not_utf8(self.path, f"row {row_no}")
                 if n == width:
                     fields = {key: cells[i] for key, i in known}
                     extra = {key: cells[i] for key, i in unknown if cells[i] != ""} if unknown else {}

@@ -279,7 +279,7 @@ def _clean(raw: RawRow, default_workspace: str | None, default_region: str) -> C
     try:
         wa_id = normalize_phone("" if phone_value is None else str(phone_value), default_region)
     except InvalidPhone as exc:
-        raise _Reject(f"phone_{exc.reason}", "phone", str(exc)) from None
+        raise _Reject(f"phone_{exc.reason}", "phone", exc.detail) from None
     workspace = _text(f, "workspace") or _text({"workspace": default_workspace}, "workspace")
     if not workspace:
         raise _Reject("missing_workspace", "workspace", "no workspace in the row and no --workspace given")
