@@ -153,6 +153,7 @@ class Dispatcher:
         self.stats = DispatchStatistics()
         self._slots: dict[int, CampaignSlot] = {}
         self._stop = trio.Event()
+        self._flushed = trio.Event()  # set (and replaced) after every writer flush
         self.stay_idle = False  # a worker waits for campaigns; a foreground launch returns when none is left
 
     def stop(self) -> None:
@@ -202,8 +203,7 @@ class Dispatcher:
                 if not rows:
                     if self.on_idle is not None:
                         await self.on_idle(active)
-                    with trio.move_on_after(self.cfg.idle_poll_s):
-                        await self._stop.wait()
+                    await self._wait_for_work()
                     continue
                 handed = 0
                 try:
@@ -222,6 +222,19 @@ class Dispatcher:
                     if rest:
                         with trio.move_on_after(10, shield=True):
                             await self.ledger.release_claims(rest, owner=self.owner)
+
+    async def _wait_for_work(self) -> None:
+        """Nothing claimable: wake on our own writer's next flush (rows may have settled or been
+        deferred), a stop request, or after idle_poll_s (other processes add work)."""
+        flushed = self._flushed
+        with trio.move_on_after(self.cfg.idle_poll_s):
+            async with trio.open_nursery() as nursery:
+                async def wake(ev: trio.Event) -> None:
+                    await ev.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wake, self._stop)
+                nursery.start_soon(wake, flushed)
 
     def _render(self, slot: CampaignSlot | None, row: ClaimedRow) -> _Job | Outcome:
         if slot is None:
@@ -325,6 +338,8 @@ class Dispatcher:
                     batch, buf = buf, []
                     with trio.CancelScope(shield=True):
                         await self._flush(batch)
+                    self._flushed.set()
+                    self._flushed = trio.Event()
                 if closed:
                     return
 
