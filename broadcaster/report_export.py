@@ -20,6 +20,7 @@ import html
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,13 @@ import trio
 from broadcaster.campaigns import get_campaign
 from broadcaster.classify import TITLES
 from broadcaster.db import Database
+from broadcaster.errors import NotFoundError
 from broadcaster.logs import mask_phone
 from broadcaster.report import campaign_report
 from broadcaster.schedule import DEFAULT_TIMEZONE, workspace_timezone
 
-__all__ = ["CSV_COLUMNS", "LATENCY_EDGES_S", "full_report", "render_html", "write_csv", "write_html"]
+__all__ = ["CSV_COLUMNS", "LATENCY_EDGES_S", "LiveSnapshot", "full_report", "live_snapshot", "render_html",
+           "write_csv", "write_html"]
 
 LATENCY_EDGES_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)  # histogram upper bounds, seconds
 TIMELINE_MINUTE_SPAN_S = 48 * 3600  # longer campaigns are charted per hour instead of per minute
@@ -501,3 +504,48 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tables>div{background:#fff;border:1px solid #e3e7ee;border-radius:8px;padding:4px 12px 12px;margin-top:14px}
 footer{margin-top:18px;font-size:12px}
 """
+
+
+# ----- live view data (`campaign watch`, `campaign launch`)
+
+RATE_WINDOW_S = 10.0  # "rate now" = recipients settled in this many seconds, per second
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """One refresh of the live view, from the ledger (3 queries)."""
+
+    campaign: str
+    state: str
+    pause_reason: str | None
+    audience: int
+    by_state: dict[str, int]
+    rate_now: float                         # accepted + failed per second over the last RATE_WINDOW_S
+    top_errors: list[tuple[int | None, str, int]]
+
+    @property
+    def settled(self) -> int:
+        return self.audience - sum(self.by_state.get(s, 0) for s in ("pending", "claimed", "unknown"))
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate (None when nothing is moving)."""
+        left = self.audience - self.settled
+        if left == 0:
+            return 0.0
+        return left / self.rate_now if self.rate_now > 0 else None
+
+
+async def live_snapshot(db: Database, campaign_id: int, *, top: int = 3) -> LiveSnapshot:
+    head = await db.fetchrow("SELECT name, state, pause_reason FROM campaigns WHERE id = $1", campaign_id)
+    if head is None:
+        raise NotFoundError(f"campaign id {campaign_id} does not exist")
+    by_state = {r["state"]: int(r["n"]) for r in await db.fetch(
+        "SELECT state, count(*)::bigint AS n FROM ledger WHERE campaign_id = $1 GROUP BY 1", campaign_id)}
+    recent = await db.fetchval(
+        "SELECT count(*) FROM ledger WHERE campaign_id = $1 AND state NOT IN ('pending', 'claimed', 'skipped')"
+        " AND GREATEST(accepted_at, failed_at) > now() - make_interval(secs => $2)", campaign_id, RATE_WINDOW_S)
+    errors = [(r["error_code"], failure_title(r["error_code"], r["title"]), int(r["n"]))
+              for r in (await db.fetch(_FAILURES_SQL, campaign_id))[:top]]
+    return LiveSnapshot(head["name"], head["state"], head["pause_reason"], sum(by_state.values()), by_state,
+                        int(recent) / RATE_WINDOW_S, errors)

@@ -32,12 +32,20 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 import trio
 
-from broadcaster.campaigns import Campaign, create_campaign, get_campaign, get_campaign_by_id, launch
+from broadcaster.campaigns import Campaign, compile_for, create_campaign, get_campaign, get_campaign_by_id, launch
 from broadcaster.cron import Cron, parse_cron
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError, NotFoundError, StateError, UsageError
+
+__all__ = [
+    "DEFAULT_HORIZON_S", "DEFAULT_TIMEZONE", "Firing", "OverviewRow", "RetryRun", "Schedule", "ScheduleRequest",
+    "create_retry", "format_local", "get_schedule", "list_schedules", "next_due", "overview", "parse_at",
+    "prepare_request",
+    "request_schedule", "run_name", "run_scheduler", "schedule_campaign", "tick", "workspace_timezone", "zone",
+]
 
 log = logging.getLogger("broadcaster.schedule")
 
@@ -121,6 +129,14 @@ class ScheduleRequest:
             return f"at {when}"
         return f"every '{self.cron}' in {self.timezone}, first run {when}"
 
+    def upcoming(self, count: int = 3) -> list[str]:
+        """The first `count` runs as 'local (UTC)' strings (one for a one-off)."""
+        tz = self.tz
+        times = [self.first_run_at]
+        if self.cron is not None:
+            times += self.cron.upcoming(self.first_run_at, tz, count - 1)
+        return [f"{format_local(t, tz)} ({t:%Y-%m-%d %H:%M} UTC)" for t in times]
+
 
 def request_schedule(*, at: str | None, every: str | None, tz_name: str, now: datetime) -> ScheduleRequest:
     """Check `--at` / `--every` against the zone; the first slot must lie after `now`.
@@ -184,6 +200,18 @@ async def workspace_timezone(db: Database | Connection, workspace: str) -> str:
     """The workspace's configured zone (workspaces.timezone), else Asia/Kolkata."""
     value = await db.fetchval("SELECT timezone FROM workspaces WHERE name = $1", workspace)
     return value or DEFAULT_TIMEZONE
+
+
+async def prepare_request(db: Database, *, segment: str, at: str | None, every: str | None, tz: str | None,
+                          now: datetime | None = None) -> ScheduleRequest:
+    """`campaign create … --at/--every [--tz]`, checked before the campaign is created: the zone
+    defaults to the segment's workspace zone."""
+    from broadcaster.segment_store import get_segment
+
+    tz_name = tz
+    if tz_name is None:
+        tz_name = await workspace_timezone(db, (await get_segment(db, segment)).workspace)
+    return request_schedule(at=at, every=every, tz_name=tz_name, now=now or utc_now())
 
 
 async def schedule_campaign(db: Database, name: str, request: ScheduleRequest) -> Schedule:
@@ -425,8 +453,115 @@ def horizon_from(value: float | None) -> float:
     return float(value)
 
 
-__all__ = [
-    "DEFAULT_HORIZON_S", "DEFAULT_TIMEZONE", "Firing", "Schedule", "ScheduleRequest", "format_local",
-    "get_schedule", "list_schedules", "next_due", "parse_at", "request_schedule", "run_name",
-    "run_scheduler", "schedule_campaign", "tick", "workspace_timezone", "zone",
-]
+
+# ----- follow-up runs and the campaign overview
+
+@dataclass(frozen=True)
+class RetryRun:
+    campaign: Campaign          # the follow-up, paused with reason 'retry_ready' until resumed
+    to_send: int
+    skipped: dict[str, int]     # recipients not retried: blocked, opted out, frequency cap since
+
+
+async def create_retry(db: Database, name: str, codes: list[int], *, new_name: str | None = None) -> RetryRun:
+    """A follow-up campaign for exactly the recipients of `name` that failed with one of `codes`.
+
+    Same segment, template, variables and number; its audience is those recipients only (with
+    their language variant), frozen at once and re-checked against suppression (blocked, and for
+    MARKETING opted out / frequency cap). It is left `paused` (reason `retry_ready`): `campaign
+    resume NEW` sends it, so nothing goes out before a manager looks at it.
+
+    Raises:
+        UsageError: no codes, or no failed recipient has any of them (the message lists the
+            campaign's failures by code).
+    """
+    if not codes:
+        raise UsageError("--codes: give at least one error code, e.g. --codes 131000,131049")
+    source = await get_campaign(db, name)
+    failures = {r["error_code"]: r["n"] for r in await db.fetch(
+        "SELECT error_code, count(*)::bigint AS n FROM ledger WHERE campaign_id = $1 AND state = 'failed'"
+        " GROUP BY 1", source.id)}
+    if not any(failures.get(code) for code in codes):
+        have = ", ".join(f"{code}×{n}" for code, n in sorted(failures.items(), key=lambda kv: -kv[1])) or "none"
+        raise UsageError(f"campaign '{name}' has no failed recipients with code(s) "
+                         f"{', '.join(map(str, codes))}; its failures: {have}")
+    if new_name is None:
+        taken = await db.fetchval("SELECT count(*) FROM campaigns WHERE name LIKE $1 || '-retry-%'", name)
+        new_name = f"{name}-retry-{taken + 1}"
+    follow = await create_campaign(
+        db, new_name, segment=source.segment, template=source.template_name, variables=source.variables,
+        default_language=source.default_language, phone_number_id=source.phone_number_id,
+        unknown_policy=source.unknown_policy, unknown_grace_s=source.unknown_grace_s)
+    _, category = await compile_for(db, follow)
+    detail = {"retry_of": name, "codes": codes}
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE campaigns SET state = 'paused', pause_reason = 'retry_ready', pause_detail = $2,"
+            " audience_frozen_at = now(), updated_at = now() WHERE id = $1 AND state = 'draft'",
+            follow.id, orjson.dumps(detail).decode())
+        cap = await conn.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", source.workspace)
+        await conn.execute(
+            """
+            INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, skip_reason)
+            SELECT $1, l.contact_id, l.wa_id, l.language,
+                   CASE WHEN s.reason IS NULL THEN 'pending' ELSE 'skipped' END, s.reason
+            FROM ledger l JOIN contacts c ON c.id = l.contact_id
+            CROSS JOIN LATERAL (SELECT CASE
+                WHEN c.status = 'blocked' THEN 'blocked'
+                WHEN $4::boolean AND NOT c.marketing_opt_in THEN 'opted_out'
+                WHEN $4::boolean AND $5::integer IS NOT NULL
+                     AND (SELECT count(*) FROM ledger l2 WHERE l2.contact_id = c.id
+                          AND l2.accepted_at > now() - interval '24 hours') >= $5::integer
+                     THEN 'frequency_cap'
+                END AS reason) s
+            WHERE l.campaign_id = $2 AND l.state = 'failed' AND l.error_code = ANY($3::int[])
+            ON CONFLICT (campaign_id, wa_id) DO NOTHING
+            """,
+            follow.id, source.id, codes, category == "MARKETING", cap)
+    counts = {(r["state"], r["skip_reason"]): r["n"] for r in await db.fetch(
+        "SELECT state, skip_reason, count(*)::bigint AS n FROM ledger WHERE campaign_id = $1 GROUP BY 1, 2",
+        follow.id)}
+    log.info("retry_created campaign=%s from=%s codes=%s", new_name, name, codes)
+    return RetryRun(await get_campaign(db, new_name), counts.get(("pending", None), 0),
+                    {str(reason): n for (state, reason), n in counts.items() if state == "skipped"})
+
+
+@dataclass(frozen=True)
+class OverviewRow:
+    """One line of `campaign list`: state, progress from the ledger, schedule."""
+
+    name: str
+    state: str
+    pause_reason: str | None
+    segment: str
+    template: str
+    created_at: datetime
+    audience: int
+    settled: int                # rows in a final state
+    schedule: str | None        # 'at …', "every '…' …, next …", 'run of SERIES'
+
+
+async def overview(db: Database) -> list[OverviewRow]:
+    """Every campaign with its progress and schedule (one query for the counts)."""
+    rows = await db.fetch(
+        """
+        SELECT c.id, c.name, c.state, c.pause_reason, c.segment, c.template_name, c.created_at,
+               COALESCE(agg.audience, 0) AS audience, COALESCE(agg.settled, 0) AS settled,
+               d.name AS series
+        FROM campaigns c
+        LEFT JOIN (SELECT campaign_id, count(*) AS audience,
+                          count(*) FILTER (WHERE state NOT IN ('pending', 'claimed', 'unknown')) AS settled
+                   FROM ledger GROUP BY campaign_id) agg ON agg.campaign_id = c.id
+        LEFT JOIN schedule_runs r ON r.campaign_id = c.id
+        LEFT JOIN schedules rs ON rs.id = r.schedule_id
+        LEFT JOIN campaigns d ON d.id = rs.campaign_id
+        ORDER BY c.id
+        """)
+    schedules = {s.campaign_id: s for s in await list_schedules(db)}
+    out = []
+    for r in rows:
+        sched = schedules.get(r["id"])
+        text = sched.describe() if sched else (f"run of {r['series']}" if r["series"] else None)
+        out.append(OverviewRow(r["name"], r["state"], r["pause_reason"], r["segment"], r["template_name"],
+                               r["created_at"], int(r["audience"]), int(r["settled"]), text))
+    return out

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from broadcaster import campaigns as camp
+from broadcaster import schedule as sched
 from broadcaster.campaign_run import CampaignRunner, RunOptions
 from broadcaster.commands.common import console, database, err_console, maybe_start_metrics, run, settings
 from broadcaster.dispatch import DispatchConfig
@@ -33,18 +34,38 @@ def create_cmd(
     unknown_policy: str = typer.Option("resend", "--unknown-policy",
                                        help="rows still unknown after the grace period: resend|fail"),
     unknown_grace: int = typer.Option(900, "--unknown-grace", help="grace period for unknown rows, s"),
+    at: str | None = typer.Option(None, "--at", help="launch once at this time: '2026-12-04 10:00' (read in "
+                                                     "--tz) or ISO with offset '2026-12-04T10:00+05:30'"),
+    every: str | None = typer.Option(None, "--every", help="recurring: cron '0 10 * * *' (read in --tz); each "
+                                                           "firing creates and launches a new run"),
+    tz: str | None = typer.Option(None, "--tz", help="IANA zone for --at/--every (default: the workspace's, "
+                                                     "Asia/Kolkata)"),
 ) -> None:
-    """Create a draft campaign (checks segment, template and variables first)."""
+    """Create a draft campaign (checks segment, template and variables first); --at / --every schedule it
+    (`broadcaster scheduler tick|run` launches it)."""
 
     async def main() -> None:
         variables = camp.parse_var_options(var)
         async with database() as db:
+            request = None
+            if at is not None or every is not None or tz is not None:  # checked before anything is written
+                request = await sched.prepare_request(db, segment=segment, at=at, every=every, tz=tz)
             c = await camp.create_campaign(
                 db, name, segment=segment, template=template, variables=variables,
                 default_language=language, phone_number_id=number, unknown_policy=unknown_policy,
                 unknown_grace_s=unknown_grace)
-        console.print(f"created campaign '{c.name}' (draft): segment {c.segment}, template "
+            if request is not None:
+                await sched.schedule_campaign(db, c.name, request)
+        state = "draft" if request is None else ("scheduled" if request.kind == "once" else "recurring")
+        console.print(f"created campaign '{c.name}' ({state}): segment {c.segment}, template "
                       f"{c.template_name}, default language {c.default_language}")
+        if request is not None and request.kind == "once":
+            console.print(f"launches at {request.upcoming(1)[0]}")
+        elif request is not None:
+            console.print(f"every '{request.cron}' in {request.timezone}; each run is a new campaign "
+                          f"({c.name}-YYYYMMDD-HHMM); next runs:")
+            for line in request.upcoming(3):
+                console.print(f"  {line}")
 
     run(main)
 
@@ -196,32 +217,32 @@ def status_cmd(name: str) -> None:
 
 
 @app.command("report")
-def report_cmd(name: str, as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:
-    """The campaign's outcome, from the ledger: funnel, failures by code, skipped by reason."""
+def report_cmd(
+    name: str,
+    as_json: bool = typer.Option(False, "--json", help="one JSON object"),
+    csv_path: str | None = typer.Option(None, "--csv", help="also write per-recipient outcomes to this CSV file"),
+    mask_numbers: bool = typer.Option(False, "--mask-numbers", help="CSV: keep only the last 4 digits of numbers"),
+    html_path: str | None = typer.Option(None, "--html", help="also write a self-contained HTML page with charts"),
+) -> None:
+    """The campaign's outcome, from the ledger: funnel, replies, failures by code with WhatsApp's
+    titles, skipped by reason, delivery latency p50/p90/p99."""
+    from broadcaster.commands.campaign_extra import print_report
+    from broadcaster.report_export import full_report, write_csv, write_html
 
     async def main() -> None:
         async with database() as db:
-            report = await campaign_report(db, name)
+            report = await full_report(db, name)
+            rows = await write_csv(db, name, csv_path, mask_numbers=mask_numbers) if csv_path else None
+        if html_path:
+            await write_html(report, html_path)
         if as_json:
             typer.echo(orjson.dumps(report).decode())
-            return
-        console.print(f"[bold]campaign {report['campaign']}[/] ({report['state']}), template "
-                      f"{report['template']}, segment {report['segment']}")
-        table = Table("audience", "accepted", "sent", "delivered", "read", "failed", "skipped",
-                      "unknown", "pending")
-        table.add_row(*(str(report[k]) for k in ("audience", "accepted", "sent", "delivered", "read",
-                                                 "failed", "skipped", "unknown", "pending")))
-        console.print(table)
-        if report["failures_by_code"]:
-            ft = Table("error code", "title", "recipients")
-            for code, n in report["failures_by_code"].items():
-                ft.add_row(code, str(report["failure_titles"].get(code) or ""), str(n))
-            console.print(ft)
-        if report["skipped_by_reason"]:
-            st = Table("skipped because", "recipients")
-            for reason, n in report["skipped_by_reason"].items():
-                st.add_row(reason, str(n))
-            console.print(st)
+        else:
+            print_report(report)
+        if rows is not None:
+            err_console.print(f"wrote {rows:,} recipients to {csv_path}")
+        if html_path:
+            err_console.print(f"wrote {html_path}")
 
     run(main)
 

@@ -181,3 +181,30 @@ async def test_empty_campaign_renders(db: Database, uniq: str, phone_factory) ->
     assert report["sends_timeline"]["points"] == []
     page = render_html(report)
     assert page.count("nothing to show yet") == 5
+
+
+async def test_live_view_follows_a_run_until_it_completes(db: Database, db_url: str, sandbox: object, uniq: str,
+                                                          phone_factory) -> None:
+    import io
+
+    import trio
+    from rich.console import Console
+
+    from broadcaster.commands.campaign_extra import watch_live
+
+    campaign = await campaign_for(db, uniq, [phone_factory() for _ in range(200)])
+    out = io.StringIO()
+    last = None
+
+    async def watch() -> None:
+        nonlocal last
+        last = await watch_live(db, campaign.id, out=Console(file=out, width=160), refresh_s=0.2)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await launch(db, campaign.name)
+            nursery.start_soon(watch)
+            await run_campaign(db, settings_for(db_url, sandbox), campaign, mps=400)
+    assert last is not None and last.state == "completed"
+    assert (last.settled, last.audience, last.by_state) == (200, 200, {"accepted": 200})
+    assert "200/200 100%" in out.getvalue()
