@@ -113,6 +113,7 @@ class CampaignSlot:
     on_success: Callable[[], None] = lambda: None
     active: bool = True
     halt_errors: int = 0
+    halt_reported: bool = False
 
 
 @dataclass
@@ -182,6 +183,10 @@ class Dispatcher:
             last_sweep = -1e9
             while not self._stop.is_set():
                 slots = await self.campaigns()
+                for s in slots:  # breaker state lives as long as the campaign stays in the list
+                    old = self._slots.get(s.id)
+                    if old is not None:
+                        s.active, s.halt_errors, s.halt_reported = old.active, old.halt_errors, old.halt_reported
                 self._slots = {s.id: s for s in slots}
                 active = [s.id for s in slots if s.active]
                 if not active:
@@ -277,6 +282,11 @@ class Dispatcher:
             outcome = await self._send_and_classify(lane, slot, job)
         finally:
             metrics.LANES_IN_FLIGHT.dec()
+        if outcome.state == "halt":
+            # trip here, not at the next flush: the other lanes must stop sending at once
+            slot.halt_errors += 1
+            if slot.halt_errors >= self.cfg.halt_threshold:
+                slot.active = False
         kind = _METRIC_OUTCOME.get(outcome.state, "transient_error")
         if outcome.state == "pending" and outcome.attempt_inc == 0:
             kind = "throttled"
@@ -365,18 +375,14 @@ class Dispatcher:
             await self._trip_breaker(halts)
 
     async def _trip_breaker(self, halts: dict[int, Outcome]) -> None:
-        by_campaign: dict[int, Outcome] = {}
+        """Report each campaign whose lanes tripped the breaker, once (the pause is durable)."""
         for o in halts.values():
             slot = self._slots.get(o.campaign_id)
-            if slot is not None:
-                by_campaign.setdefault(o.campaign_id, o)
-                slot.halt_errors += 1
-        for cid, o in by_campaign.items():
-            slot = self._slots[cid]
-            if slot.active and slot.halt_errors >= self.cfg.halt_threshold:
-                slot.active = False
-                metrics.record_circuit_breaker_trip(o.code)
-                log.error("circuit_breaker campaign=%s code=%s title=%s", slot.name, o.code,
-                          o.title or title_for(o.code))
-                if self.on_halt is not None:
-                    await self.on_halt(cid, o.code, o.title or title_for(o.code))
+            if slot is None or slot.active or slot.halt_reported:
+                continue
+            slot.halt_reported = True
+            metrics.record_circuit_breaker_trip(o.code)
+            log.error("circuit_breaker campaign=%s code=%s title=%s", slot.name, o.code,
+                      o.title or title_for(o.code))
+            if self.on_halt is not None:
+                await self.on_halt(slot.id, o.code, o.title or title_for(o.code))
