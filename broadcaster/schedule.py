@@ -8,6 +8,8 @@
         (contacts added since the last run are included)
 
 Firing only launches (freezes the audience, state → running); `broadcaster worker` processes send.
+Also here: follow-up runs (`create_retry`: exactly the recipients that failed with given codes)
+and `overview` (every campaign with its progress and schedule, for `campaign list`).
 
 Guarantees:
 - Wall times are read in an IANA zone (`--tz`, else the workspace's `timezone`, default
