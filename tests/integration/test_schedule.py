@@ -279,3 +279,38 @@ async def test_ist_slot_is_the_same_instant_under_any_process_tz(db: Database, u
     out = await _in_tz("America/New_York", *tick_cmd, instant.isoformat())
     assert f"{campaign.name}: launched '{campaign.name}' for {instant:%Y-%m-%d %H:%M} UTC" in out
     assert (await get_campaign(db, campaign.name)).state == "running"
+
+
+async def test_retry_follow_up_sends_exactly_the_failed_recipients(db: Database, db_url: str, sandbox: object,
+                                                                   uniq: str, phone_factory) -> None:
+    from broadcaster.campaigns import resume
+    from broadcaster.schedule import create_retry
+    from tests.integration.factories import run_campaign, settings_for
+
+    phones = [phone_factory() for _ in range(20)]
+    campaign = await campaign_for(db, uniq, phones)
+    await launch(db, campaign.name)
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM ledger WHERE campaign_id = $1 ORDER BY id", campaign.id)]
+    for rid, code in zip(ids[:7], [131000] * 3 + [131049] * 2 + [131026] * 2, strict=True):
+        await db.execute("UPDATE ledger SET state = 'failed', error_code = $2, failed_at = now() WHERE id = $1",
+                         rid, code)
+    await db.execute("UPDATE ledger SET state = 'accepted', accepted_at = now() WHERE campaign_id = $1"
+                     " AND state = 'pending'", campaign.id)
+    opted_out = await db.fetchval("SELECT wa_id FROM ledger WHERE id = $1", ids[0])
+    await db.execute("UPDATE contacts SET marketing_opt_in = false WHERE wa_id = $1", opted_out)
+
+    retry = await create_retry(db, campaign.name, [131000, 131049])
+    assert retry.campaign.name == f"{campaign.name}-retry-1"
+    assert (retry.to_send, retry.skipped) == (4, {"opted_out": 1})
+    assert (retry.campaign.state, retry.campaign.pause_reason) == ("paused", "retry_ready")
+    expected = {r["wa_id"] for r in await db.fetch(
+        "SELECT wa_id FROM ledger WHERE id = ANY($1::bigint[])", ids[1:5])}
+
+    follow = await resume(db, retry.campaign.name)
+    await run_campaign(db, settings_for(db_url, sandbox), follow)
+    rows = await db.fetch("SELECT wa_id, state FROM ledger WHERE campaign_id = $1", follow.id)
+    assert {r["wa_id"] for r in rows if r["state"] == "accepted"} == expected
+    assert {r["wa_id"] for r in rows if r["state"] == "skipped"} == {opted_out}
+    assert (await get_campaign(db, follow.name)).state == "completed"
+    second = await create_retry(db, campaign.name, [131026], new_name=None)
+    assert second.campaign.name == f"{campaign.name}-retry-2" and second.to_send == 2
