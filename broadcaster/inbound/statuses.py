@@ -11,7 +11,7 @@ the final row never depends on the order, the batching or the repetition of even
 Matching a status to a ledger row: by wamid; else by our `biz_opaque_callback_data`
 ("<campaign id>:<ledger id>") when that row has no wamid yet (an `unknown` send, or one whose
 send response has not been stored), which also writes the wamid. An event matching nothing is
-kept (`ledger_id` NULL) and applied by the ledger trigger when its wamid is written.
+kept in `status_pending` and applied by the ledger trigger when its wamid is written.
 
 Batches: `apply_new_statuses` is one statement per chunk (`INSERT … ON CONFLICT` + `UPDATE … FROM
 unnest(…)`), never one round trip per status. It locks target rows with SKIP LOCKED: a row being
@@ -294,7 +294,8 @@ locked AS (
 ),
 """
 
-# New events: log them (duplicates dropped by the unique key) and apply those that were new.
+# New events: log them (duplicates dropped by the unique key), apply those that were new and found
+# their row, keep the others in status_pending.
 APPLY_NEW_SQL = ("WITH ev AS (\n    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],"
                  " $4::text[], $5::text[], $6::int[], $7::bigint[], $8::int[], $9::text[], $10::text[],"
                  " $11::bigint[])\n        AS e(wamid, status, ts, recipient_id, callback_data,"
@@ -304,32 +305,52 @@ APPLY_NEW_SQL = ("WITH ev AS (\n    SELECT * FROM unnest($1::text[], $2::text[],
 ins AS (
     INSERT INTO status_events (wamid, status, ts, recipient_id, callback_data, callback_campaign_id,
                                callback_ledger_id, error_code, error_title, error_details,
-                               webhook_event_id, ledger_id, applied_at, recheck)
-    SELECT m.wamid, m.status, m.ts, m.recipient_id, m.callback_data, m.callback_campaign_id,
-           m.callback_ledger_id, m.error_code, m.error_title, m.error_details, m.webhook_event_id,
-           k.id, CASE WHEN k.id IS NULL THEN NULL ELSE now() END, k.id IS NULL
-    FROM matched m LEFT JOIN locked k ON k.id = m.target
-    ORDER BY m.wamid, m.status
+                               webhook_event_id)
+    SELECT wamid, status, ts, recipient_id, callback_data, callback_campaign_id, callback_ledger_id,
+           error_code, error_title, error_details, webhook_event_id
+    FROM matched
+    ORDER BY wamid, status  -- one lock order for every writer of the log
     ON CONFLICT (wamid, status) DO NOTHING
-    RETURNING ledger_id, wamid, status, ts, error_code, error_title
-),""" + _APPLY_TAIL.replace("$E", "ins"))
+    RETURNING id, wamid, status, ts, error_code, error_title, callback_campaign_id, callback_ledger_id
+),
+fresh AS (
+    SELECT i.*, k.id AS ledger_id
+    FROM ins i
+    JOIN matched m ON m.wamid = i.wamid AND m.status = i.status
+    LEFT JOIN locked k ON k.id = m.target
+),
+pend AS (
+    INSERT INTO status_pending (event_id, wamid, status, ts, error_code, error_title,
+                                callback_campaign_id, callback_ledger_id)
+    SELECT id, wamid, status, ts, error_code, error_title, callback_campaign_id, callback_ledger_id
+    FROM fresh WHERE ledger_id IS NULL
+    RETURNING 1
+),""" + _APPLY_TAIL.replace("$E", "fresh"))
 
-# Events left for a recheck: match them again (waiting for row locks: the caller holds the gate).
+# Pending events marked for a recheck: match them again, waiting for row locks (the caller holds
+# the gate exclusively, so no wamid writer is in flight). Matched ones are applied and deleted.
 APPLY_RECHECK_SQL = ("""WITH ev AS (
-    SELECT s.id, s.wamid, s.status, s.ts, s.error_code, s.error_title,
-           s.callback_campaign_id, s.callback_ledger_id
-    FROM status_events s
-    WHERE s.recheck AND s.ledger_id IS NULL
-    ORDER BY s.id LIMIT $1
-    FOR UPDATE OF s
+    SELECT p.event_id AS id, p.wamid, p.status, p.ts, p.error_code, p.error_title,
+           p.callback_campaign_id, p.callback_ledger_id
+    FROM status_pending p
+    WHERE p.recheck
+    ORDER BY p.event_id LIMIT $1
+    FOR UPDATE OF p
 ),""" + _MATCH.replace("$LOCK", "") + """
-mark AS (
-    UPDATE status_events s
-    SET recheck = false, ledger_id = k.id, applied_at = CASE WHEN k.id IS NULL THEN NULL ELSE now() END
+done AS (
+    DELETE FROM status_pending p
+    USING matched m JOIN locked k ON k.id = m.target
+    WHERE p.event_id = m.id
+    RETURNING k.id AS ledger_id, p.wamid, p.status, p.ts, p.error_code, p.error_title
+),
+kept AS (
+    UPDATE status_pending p SET recheck = false
     FROM matched m LEFT JOIN locked k ON k.id = m.target
-    WHERE s.id = m.id
-    RETURNING s.ledger_id, s.wamid, s.status, s.ts, s.error_code, s.error_title
-),""" + _APPLY_TAIL.replace("$E", "mark"))
+    WHERE p.event_id = m.id AND k.id IS NULL
+    RETURNING 1
+),""" + _APPLY_TAIL.replace("$E", "done").replace(
+    "(SELECT count(*) FROM done WHERE ledger_id IS NULL) AS unmatched",
+    "(SELECT count(*) FROM kept) AS unmatched"))
 
 RECHECK_LOCK_TIMEOUT_S = 5.0  # the gate waits for wamid writers in flight; give up (and retry) after
 
@@ -379,7 +400,8 @@ async def apply_new_statuses(conn: Connection, events: Sequence[StatusEvent]) ->
     """Log `events` and apply the new ones, in chunks of CHUNK events, one statement per chunk.
 
     Run it inside the caller's transaction. Events whose row is being written by someone else
-    right now, and events that match nothing, are stored with `recheck`: call `apply_rechecks`
+    right now, and events that match nothing, go to `status_pending` marked `recheck`: call
+    `apply_rechecks`
     after committing (ApplyResult.unmatched > 0 says so).
     """
     total = ApplyResult()
@@ -392,7 +414,8 @@ async def apply_new_statuses(conn: Connection, events: Sequence[StatusEvent]) ->
 
 async def apply_rechecks(db: Database, *, limit: int = CHUNK,
                          lock_timeout_s: float = RECHECK_LOCK_TIMEOUT_S) -> ApplyResult:
-    """Match every event marked `recheck` once more, after all wamid writers in flight committed.
+    """Match every pending event marked `recheck` once more, after all wamid writers in flight
+    committed.
 
     Each round is its own transaction: take the gate lock EXCLUSIVE (holding nothing else), then
     one statement matches up to `limit` events and applies those that found their row. Events

@@ -3,6 +3,7 @@
 --
 --   POST /webhook ─verify─▶ webhook_events (raw, group commit) ─200─▶ apply worker
 --        apply worker ─▶ status_events (log; unique (wamid, status)) ─▶ ledger (forward only)
+--                     ─▶ status_pending (events whose wamid is not in the ledger yet)
 --                     ─▶ webhook_changes (inbound messages, template/quality/account changes)
 --                     ─▶ webhook_dead_letters (authentic but unrecognised)
 --
@@ -20,10 +21,8 @@ CREATE TABLE webhook_events (
 );
 CREATE INDEX webhook_events_unprocessed_idx ON webhook_events (id) WHERE processed_at IS NULL;
 
--- One row per (wamid, status): duplicates are no-ops. ledger_id NULL = not matched yet (the wamid
--- is not in the ledger and the callback data did not name a row): the row trigger below applies it
--- the moment that wamid is written. `recheck` marks events that must be matched once more after
--- every writer of wamids in flight at the time has committed (see `ledger_wamid_gate`).
+-- The status event log: one row per (wamid, status), written once; duplicates are no-ops.
+-- Which row an event settled: the ledger row with that wamid.
 CREATE TABLE status_events (
     id                   bigserial PRIMARY KEY,
     wamid                text NOT NULL,
@@ -37,15 +36,30 @@ CREATE TABLE status_events (
     error_title          text,
     error_details        text,
     webhook_event_id     bigint NOT NULL REFERENCES webhook_events(id),
-    ledger_id            bigint,                    -- the ledger row it was applied to
-    applied_at           timestamptz,
-    recheck              boolean NOT NULL DEFAULT false,
     received_at          timestamptz NOT NULL DEFAULT now(),
     UNIQUE (wamid, status)
 );
-CREATE INDEX status_events_pending_idx ON status_events (wamid) WHERE ledger_id IS NULL;
-CREATE INDEX status_events_recheck_idx ON status_events (id) WHERE recheck;
-CREATE INDEX status_events_ledger_idx ON status_events (ledger_id) WHERE ledger_id IS NOT NULL;
+
+-- Logged events not applied yet: no ledger row has their wamid (and the callback data named no
+-- row without one), or their row was being written when they came. The row trigger below applies
+-- and deletes them the moment their wamid is written. `recheck`: match once more after every
+-- wamid writer in flight at the time has committed (see `ledger_wamid_gate`). Kept apart from
+-- the log so that applying them never rewrites a log row (a duplicate arriving meanwhile would
+-- wait on that rewrite's unique-index entry: a deadlock with the send response's UPDATE).
+CREATE TABLE status_pending (
+    event_id             bigint PRIMARY KEY REFERENCES status_events(id),
+    wamid                text NOT NULL,
+    status               text NOT NULL,
+    ts                   timestamptz NOT NULL,
+    error_code           integer,
+    error_title          text,
+    callback_campaign_id integer,
+    callback_ledger_id   bigint,
+    recheck              boolean NOT NULL DEFAULT true,
+    created_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX status_pending_wamid_idx ON status_pending (wamid);
+CREATE INDEX status_pending_recheck_idx ON status_pending (event_id) WHERE recheck;
 
 -- Authentic but unrecognised: a new `field`, a malformed entry/change/status, a body that is not
 -- JSON. Answered 200 (a non-200 makes Meta retry for a week) and kept here for a human.
@@ -100,7 +114,7 @@ $$;
 
 -- ----------------------------------------------------------------------------- early statuses
 -- A status can arrive before the send response that carries its wamid has been written. The
--- apply worker then keeps it (ledger_id NULL); this trigger applies it when the wamid is written.
+-- apply worker then keeps it in status_pending; this trigger applies it when the wamid is written.
 --
 -- Race: the worker's "wamid not in the ledger" and a writer's "no pending event for my wamid" can
 -- both be true when each runs while the other's transaction is still open. Closed with one
@@ -129,12 +143,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     agg record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM status_events WHERE wamid = NEW.wamid AND ledger_id IS NULL) THEN
+    IF NOT EXISTS (SELECT 1 FROM status_pending WHERE wamid = NEW.wamid) THEN
         RETURN NEW;
     END IF;
     WITH taken AS (
-        UPDATE status_events SET ledger_id = NEW.id, applied_at = now(), recheck = false
-        WHERE wamid = NEW.wamid AND ledger_id IS NULL
+        DELETE FROM status_pending WHERE wamid = NEW.wamid
         RETURNING status, ts, error_code, error_title
     )
     SELECT max(status_rank(status)) FILTER (WHERE status <> 'failed') AS best_rank,

@@ -134,9 +134,9 @@ async def test_chaos_10k_shuffled_duplicated_concurrent_statuses_settle_exactly(
             assert row["unknown_resolution"] == ("webhook" if evs else None), row_id
     assert wrong == [], f"{len(wrong)} rows differ, e.g. {wrong[:3]}"
     assert await db.fetchval(
-        "SELECT count(*) FROM status_events s JOIN ledger l ON l.id = s.ledger_id WHERE l.campaign_id = $1",
+        "SELECT count(*) FROM status_events s JOIN ledger l ON l.wamid = s.wamid WHERE l.campaign_id = $1",
         cid) == len(unique)
-    pending = await db.fetchval("SELECT count(*) FROM status_events WHERE wamid LIKE $1 AND ledger_id IS NULL",
+    pending = await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid LIKE $1",
                                 f"wamid.{uniq}%")
     assert pending == 0
     opted_out = {r.contact_id for r in accepted.rows + unknown.rows + claimed

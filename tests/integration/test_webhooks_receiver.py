@@ -12,6 +12,7 @@ import trio
 from broadcaster.db import Database
 from broadcaster.errors import DatabaseError
 from broadcaster.inbound import Hooks
+from broadcaster.inbound.statuses import WAMID_GATE_LOCK
 from broadcaster.ledger import LedgerStore, Outcome
 from tests.integration.test_webhooks_support import (
     VERIFY_TOKEN,
@@ -112,9 +113,11 @@ async def test_two_entries_two_changes_three_statuses_all_twelve_applied(db: Dat
     failed = got[rows[3].id]
     assert (failed["error_code"], failed["error_title"], failed["failed_at"]) == (131047, "Error 131047", at(T0 + 2))
     assert failed["delivered_at"] == at(T0 + 1)
-    events = await db.fetch("SELECT ledger_id, error_details FROM status_events WHERE wamid = ANY($1::text[])",
+    events = await db.fetch("SELECT error_details FROM status_events WHERE wamid = ANY($1::text[])",
                             [r.wamid for r in rows])
-    assert len(events) == 12 and all(e["ledger_id"] is not None for e in events)
+    assert len(events) == 12
+    assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = ANY($1::text[])",
+                             [r.wamid for r in rows]) == 0
     assert sum(e["error_details"] == "Message failed to send." for e in events) == 1
 
 
@@ -149,14 +152,14 @@ async def test_delivered_before_the_send_response_is_applied_once_the_wamid_is_w
         assert rx.service.statistics().apply.unmatched == 1
     before = (await ledger_rows(db, seeded.campaign_id))[row.id]
     assert (before["state"], before["wamid"]) == ("claimed", None)
-    assert await db.fetchval("SELECT ledger_id FROM status_events WHERE wamid = $1", row.wamid) is None
+    assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = $1", row.wamid) == 1
 
     changed = await LedgerStore(db).record_results([Outcome(row.id, "accepted", wamid=row.wamid)], owner="w1")
     assert changed == 1
     after = (await ledger_rows(db, seeded.campaign_id))[row.id]
     assert (after["state"], after["wamid"], after["delivered_at"]) == ("delivered", row.wamid, at(T0 + 3))
     assert after["accepted_at"] is not None
-    assert await db.fetchval("SELECT ledger_id FROM status_events WHERE wamid = $1", row.wamid) == row.id
+    assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = $1", row.wamid) == 0
 
 
 async def test_callback_data_moves_a_claimed_row_forward_and_the_late_response_does_not_undo_it(
@@ -312,20 +315,25 @@ async def test_recheck_waits_for_a_wamid_writer_in_flight(db: Database, uniq: st
     the writer's commit and then apply the status."""
     seeded = await make_ledger(db, uniq, 1, state="claimed", with_wamid=False, lease_owner="w1")
     row = seeded.rows[0]
-    async with running_receiver(db) as rx, db.transaction() as writer:
-        await writer.execute("UPDATE ledger SET state = 'accepted', wamid = $2, accepted_at = now()"
-                             " WHERE id = $1", row.id, row.wamid)
-        assert (await rx.post(envelope([change([status(row.wamid, "delivered", T0)])]))).status_code == 200
-        # The recheck is now queued behind the open writer. That wait happens inside Postgres and
-        # signals nothing to this process, so pg_locks is the only place to see it: poll it.
-        with trio.fail_after(10):
-            while not await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"  # noqa: ASYNC110
-                                        " AND NOT granted"):
-                await trio.sleep(0.01)
-        assert await db.fetchval("SELECT ledger_id FROM status_events WHERE wamid = $1", row.wamid) is None
-        await writer.execute("COMMIT")
-        await writer.execute("BEGIN")  # the context manager commits again on exit
+    async with running_receiver(db) as rx:
+        await rx.applied()  # the worker's start-up pass is over: its next lock wait is the recheck
+        async with db.transaction() as writer:
+            await writer.execute("UPDATE ledger SET state = 'accepted', wamid = $2, accepted_at = now()"
+                                 " WHERE id = $1", row.id, row.wamid)
+            assert (await rx.post(envelope([change([status(row.wamid, "delivered", T0)])]))).status_code == 200
+            # The recheck is now queued behind the open writer. That wait happens inside Postgres and
+            # signals nothing to this process, so pg_locks is the only place to see it: poll it.
+            with trio.fail_after(10):
+                while not await db.fetchval(  # noqa: ASYNC110
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        " AND objid = $1 AND database = (SELECT oid FROM pg_database"
+                        "                                WHERE datname = current_database())",
+                        WAMID_GATE_LOCK):
+                    await trio.sleep(0.01)
+            assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = $1", row.wamid) == 1
+            await writer.execute("COMMIT")
+            await writer.execute("BEGIN")  # the context manager commits again on exit
         await rx.applied()
     got = (await ledger_rows(db, seeded.campaign_id))[row.id]
     assert (got["state"], got["delivered_at"]) == ("delivered", at(T0))
-    assert await db.fetchval("SELECT ledger_id FROM status_events WHERE wamid = $1", row.wamid) == row.id
+    assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = $1", row.wamid) == 0
