@@ -7,7 +7,19 @@ from __future__ import annotations
 
 import typer
 
-from broadcaster.commands import campaign, db, demo, numbers, templates
+from broadcaster.commands import (
+    campaign,
+    campaign_extra,  # noqa: F401  (registers plan/watch/retry-failed on `campaign`)
+    contacts,
+    db,
+    demo,
+    inbound,
+    inbox,
+    numbers,
+    scheduler,
+    segments,
+    templates,
+)
 from broadcaster.commands.common import setup_logging
 
 app = typer.Typer(
@@ -26,20 +38,19 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what h
 
 
 app.add_typer(db.app, name="db")
+app.add_typer(contacts.app, name="contacts")
+app.add_typer(segments.app, name="segments")
 app.add_typer(templates.app, name="templates")
 app.add_typer(campaign.app, name="campaign")
 app.add_typer(numbers.app, name="numbers")
+app.add_typer(scheduler.app, name="scheduler")
+app.add_typer(inbound.app, name="inbound")
+app.add_typer(inbox.inbox_app, name="inbox")
+app.add_typer(inbox.agents_app, name="agents")
+app.add_typer(inbox.teams_app, name="teams")
 app.command("worker")(campaign.worker_cmd)
 app.command("sandbox")(demo.sandbox_cmd)
 app.command("demo")(demo.demo_cmd)
-
-try:  # groups written alongside; joined as they land
-    from broadcaster.commands import contacts, segments
-
-    app.add_typer(contacts.app, name="contacts")
-    app.add_typer(segments.app, name="segments")
-except ImportError:  # pragma: no cover
-    pass
 
 if __name__ == "__main__":
     app()
