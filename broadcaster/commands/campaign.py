@@ -102,7 +102,8 @@ async def _drive(db: camp.Database, campaign_id: int, options: RunOptions, *, qu
     counts = await ledger.counts(campaign_id)
     c = await camp.get_campaign_by_id(db, campaign_id)
     state = c.state + (f" ({c.pause_reason})" if c.pause_reason else "")
-    console.print(f"campaign '{c.name}' is {state}: accepted {counts['accepted']}, failed "
+    reached = sum(counts[s] for s in ("accepted", "sent", "delivered", "read"))
+    console.print(f"campaign '{c.name}' is {state}: accepted by WhatsApp {reached}, failed "
                   f"{counts['failed']}, skipped {counts['skipped']}, unknown {counts['unknown']}, "
                   f"pending {counts['pending']}")
 
@@ -129,9 +130,10 @@ async def _progress(ledger: LedgerStore, campaign_id: int, scope: trio.CancelSco
             while True:
                 counts = await ledger.counts(campaign_id)
                 done = counts.audience - counts.unsettled
+                reached = sum(counts[s] for s in ("accepted", "sent", "delivered", "read"))
                 bar.update(task, total=counts.audience, completed=done,
-                           detail=f"accepted {counts['accepted']} failed {counts['failed']} "
-                                  f"unknown {counts['unknown']}")
+                           detail=f"accepted {reached} failed {counts['failed']} "
+                                  f"skipped {counts['skipped']} unknown {counts['unknown']}")
                 await trio.sleep(0.25)
 
 

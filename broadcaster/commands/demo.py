@@ -13,7 +13,7 @@ from broadcaster.commands.common import console, run, settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEMO_WORKSPACE = "originals"
-DEMO_SEGMENT = "demo_entertainment_hi_ta"
+DEMO_SEGMENT = "demo_entertainment_music_humor"
 DEMO_NUMBER = "106540352242922"
 DEMO_VARS = {
     "1": "contact.name",
@@ -49,57 +49,73 @@ def demo_cmd(
     templates: Path = typer.Option(EXAMPLES / "message_templates.json", "--templates"),
 ) -> None:
     """The main job end to end on embedded defaults: migrate → import contacts and templates →
-    segment → campaign → built-in sandbox → launch with a progress bar → report."""
+    segment → campaign → built-in sandbox → launch with a progress bar → delivery webhooks → report."""
     from broadcaster.sandbox import SandboxConfig, SandboxThread
 
     template_docs = orjson.loads(templates.read_bytes())["data"]
-    with SandboxThread(SandboxConfig(templates=template_docs, mps=80,
-                                     phone_number_id=DEMO_NUMBER)) as sandbox:
+    os.environ.setdefault("WHATSAPP_APP_SECRET", "demo-app-secret")
+    os.environ.setdefault("WHATSAPP_VERIFY_TOKEN", "demo-verify-token")
+    with SandboxThread(SandboxConfig(templates=template_docs, mps=80, phone_number_id=DEMO_NUMBER,
+                                     app_secret=os.environ["WHATSAPP_APP_SECRET"], read_rate=0.6,
+                                     webhook_delay_s=0.2)) as sandbox:
         os.environ.setdefault("WHATSAPP_API_URL", sandbox.base_url)
         os.environ.setdefault("WHATSAPP_TOKEN", "sandbox-token")
         os.environ.setdefault("WHATSAPP_PHONE_NUMBER_ID", DEMO_NUMBER)
-        console.print(f"[bold]1/7[/] sandbox (Cloud API compatible) at {sandbox.base_url}")
-        run(_demo, contacts, templates)
+        console.print(f"[bold]1/8[/] sandbox (Cloud API compatible) at {sandbox.base_url}")
+        run(_demo, contacts, templates, sandbox)
 
 
-async def _demo(contacts: Path, templates: Path) -> None:
+async def _demo(contacts: Path, templates: Path, sandbox: object) -> None:
+    import trio
+
     from broadcaster.campaign_run import RunOptions
     from broadcaster.campaigns import create_campaign
     from broadcaster.commands.campaign import _send_in_foreground
     from broadcaster.contacts import import_contacts
     from broadcaster.db import ensure_database, open_db
-    from broadcaster.errors import StateError
+    from broadcaster.errors import BroadcasterError
+    from broadcaster.inbound import WEBHOOK_PATH, serve_inbound
     from broadcaster.migrate import migrate
     from broadcaster.report import campaign_report
-    from broadcaster.segment_store import count_segment, create_segment
+    from broadcaster.segment_store import count_segment, create_segment, update_segment
     from broadcaster.template_store import import_templates
     from segments.filters import SegmentFilter
 
     cfg = settings()
     await ensure_database(cfg.database_url)
-    async with open_db(cfg.database_url) as db:
+    async with open_db(cfg.database_url, max_size=10) as db, trio.open_nursery() as nursery:
         applied = await migrate(db)
-        console.print(f"[bold]2/7[/] database migrated ({len(applied)} new migrations)")
+        console.print(f"[bold]2/8[/] database migrated ({len(applied)} new migrations)")
         summary = await import_contacts(db, contacts, workspace=None)
-        console.print(f"[bold]3/7[/] contacts imported from {contacts.name}: {summary.describe()}")
+        console.print(f"[bold]3/8[/] contacts imported from {contacts.name}: {summary.describe()}")
         ts = await import_templates(db, templates)
-        console.print(f"[bold]4/7[/] templates imported: {ts.read} ({ts.by_status})")
-        seg = SegmentFilter(workspace=DEMO_WORKSPACE, genres=("entertainment",), languages=("hi", "ta"))
+        console.print(f"[bold]4/8[/] templates imported: {ts.read} ({ts.by_status})")
+        seg = SegmentFilter(workspace=DEMO_WORKSPACE, genres=("entertainment", "comedy", "music"),
+                            languages=("hi", "ta", "te", "bn", "en"), opted_in=True)
         try:
             await create_segment(db, DEMO_SEGMENT, seg)
-        except StateError:
-            pass  # kept from an earlier demo run
+        except BroadcasterError:  # made by an earlier demo run: bring its filter up to date
+            await update_segment(db, DEMO_SEGMENT, seg)
         size = await count_segment(db, DEMO_SEGMENT)
-        console.print(f"[bold]5/7[/] segment {DEMO_SEGMENT} (entertainment × hi, ta): {size} contacts")
+        console.print(f"[bold]5/8[/] segment {DEMO_SEGMENT} ({seg.describe()}): {size} contacts")
         name = "demo-" + datetime.now().strftime("%Y%m%d-%H%M%S")
         await create_campaign(db, name, segment=DEMO_SEGMENT, template="daily_campaign_invite",
                               variables=DEMO_VARS, default_language="hi")
-        console.print(f"[bold]6/7[/] campaign {name} with template daily_campaign_invite")
-    console.print("[bold]7/7[/] launching")
-    await _send_in_foreground(name, RunOptions(), quiet=False)
-    async with open_db(cfg.database_url) as db:
+        console.print(f"[bold]6/8[/] campaign {name} with template daily_campaign_invite")
+        port = await nursery.start(serve_inbound, db, cfg, "127.0.0.1", 0)
+        hook = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+        await trio.to_thread.run_sync(lambda: sandbox.configure(webhook_url=hook))  # type: ignore[attr-defined]
+        console.print(f"[bold]7/8[/] inbound receiver at {hook} (signed status webhooks from the sandbox)")
+        console.print("[bold]8/8[/] launching")
+        await _send_in_foreground(name, RunOptions(), quiet=False)
+        with trio.move_on_after(15):  # let the delivery webhooks settle the ledger
+            # polls rows another task (the inbound receiver) writes; there is no event to wait on
+            while (await campaign_report(db, name))["accepted"] > 0:  # noqa: ASYNC110
+                await trio.sleep(0.2)
         report = await campaign_report(db, name)
+        nursery.cancel_scope.cancel()
     console.print_json(orjson.dumps(report).decode())
-    ok = report["accepted"] + report["skipped"] + report["failed"] == report["audience"]
-    console.print(f"[bold]{'done' if ok else 'incomplete'}[/]: {report['accepted']} of {report['audience']} "
-                  f"accepted by the sandbox; see `broadcaster campaign report {name}`")
+    reached = report["audience"] - report["skipped"] - report["failed"] - report["unknown"] - report["pending"]
+    console.print(f"[bold]done[/]: {reached} of {report['audience']} recipients accepted by the sandbox "
+                  f"({report['delivered']} delivered, {report['read']} read); "
+                  f"see `broadcaster campaign report {name}`")
