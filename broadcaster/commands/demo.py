@@ -53,14 +53,16 @@ def demo_cmd(
     from broadcaster.sandbox import SandboxConfig, SandboxThread
 
     template_docs = orjson.loads(templates.read_bytes())["data"]
-    os.environ.setdefault("WHATSAPP_APP_SECRET", "demo-app-secret")
-    os.environ.setdefault("WHATSAPP_VERIFY_TOKEN", "demo-verify-token")
+    # the demo always talks to its own sandbox, whatever the environment points at: demo data must
+    # never reach the real Cloud API
+    os.environ["WHATSAPP_APP_SECRET"] = "demo-app-secret"
+    os.environ["WHATSAPP_VERIFY_TOKEN"] = "demo-verify-token"
     with SandboxThread(SandboxConfig(templates=template_docs, mps=80, phone_number_id=DEMO_NUMBER,
                                      app_secret=os.environ["WHATSAPP_APP_SECRET"], read_rate=0.6,
                                      webhook_delay_s=0.2)) as sandbox:
-        os.environ.setdefault("WHATSAPP_API_URL", sandbox.base_url)
-        os.environ.setdefault("WHATSAPP_TOKEN", "sandbox-token")
-        os.environ.setdefault("WHATSAPP_PHONE_NUMBER_ID", DEMO_NUMBER)
+        os.environ["WHATSAPP_API_URL"] = sandbox.base_url
+        os.environ["WHATSAPP_TOKEN"] = "sandbox-token"
+        os.environ["WHATSAPP_PHONE_NUMBER_ID"] = DEMO_NUMBER
         console.print(f"[bold]1/8[/] sandbox (Cloud API compatible) at {sandbox.base_url}")
         run(_demo, contacts, templates, sandbox)
 
