@@ -41,7 +41,7 @@ __all__ = ["Estimate", "SendPlan", "estimate", "send_plan"]
 
 TIER_WINDOW = timedelta(hours=24)
 NOT_LAUNCHED = ("draft", "scheduled", "recurring")
-MAX_TIER_WINDOWS = 366  # estimate at most a year of tier-limited days
+MAX_TIER_WINDOWS = 36_600  # beyond ~100 years of tier-limited days the estimate says never
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Estimate:
 
     budget_stops_after: recipients sent before the tier budget runs out (None: it does not run out);
     pause_at / continue_at: when the engine would pause for the tier and when budget frees up again.
-    finish_at is None when it can never finish (a tier of 0).
+    finish_at is None when it can never finish (a tier of 0, or more than MAX_TIER_WINDOWS days).
     """
 
     start_at: datetime
@@ -80,7 +80,8 @@ def estimate(*, to_send: int, new_recipients: int, mps: float, tier_limit: int |
 
     Worked example: 10,000 to send, all new, 80/s, tier 2,000 with 500 used, oldest contact 20:00
     yesterday, start 10:00 → stops after 1,500 (10:00:19), continues at 20:00 today, sends 2,000
-    more per window: done 4 windows later plus 2,000/80 s.
+    more per window: 8,500 new left = 4 full windows, then 500 more: done at 20:00 four days
+    after it continues, plus 500/80 s.
     """
     if mps <= 0:
         raise ValueError(f"mps must be positive, got {mps}")
@@ -97,13 +98,13 @@ def estimate(*, to_send: int, new_recipients: int, mps: float, tier_limit: int |
     if tier_limit <= 0:
         return Estimate(start, None, send_s, stops_after, pause_at, None)
     rest_new = new_recipients - tier_remaining
-    t = continue_at
-    windows = 0
-    while rest_new > tier_limit and windows < MAX_TIER_WINDOWS:
-        rest_new -= tier_limit
-        t += TIER_WINDOW
-        windows += 1
-    finish = t + timedelta(seconds=(rest_new / new_share) / mps) if windows < MAX_TIER_WINDOWS else None
+    full_windows = (rest_new - 1) // tier_limit          # windows filled to the tier before the last one
+    per_window = max(TIER_WINDOW, timedelta(seconds=tier_limit / new_share / mps))  # the rate may be slower
+    last_s = (rest_new - full_windows * tier_limit) / new_share / mps
+    if full_windows > MAX_TIER_WINDOWS:
+        finish = None
+    else:
+        finish = continue_at + full_windows * per_window + timedelta(seconds=last_s)
     return Estimate(start, finish, send_s, stops_after, pause_at, continue_at)
 
 

@@ -73,7 +73,14 @@ def test_estimate_is_never_faster_than_the_rate(to_send: int, new_share: float, 
     eta = estimate(to_send=to_send, new_recipients=new, mps=mps, tier_limit=tier, tier_remaining=remaining,
                    oldest_in_window=START - timedelta(hours=1), start=START)
     assert eta.finish_at is not None
-    assert eta.finish_at - START >= timedelta(seconds=to_send / mps) - timedelta(microseconds=2)
+    assert eta.finish_at - START >= timedelta(seconds=(to_send - 1) / mps)  # rounding of the stop point
     if eta.budget_stops_after is not None:
         assert 0 <= eta.budget_stops_after < to_send or new > (remaining or 0)
         assert eta.continue_at is not None and eta.continue_at >= eta.pause_at  # type: ignore[operator]
+
+
+def test_a_slow_number_takes_longer_than_a_day_per_tier_window() -> None:
+    eta = estimate(to_send=250_000, new_recipients=250_000, mps=1, tier_limit=100_000, tier_remaining=100_000,
+                   oldest_in_window=None, start=START)
+    assert eta.continue_at == START + timedelta(seconds=100_000)  # the rate, not the window, is the limit
+    assert eta.finish_at == START + timedelta(seconds=250_000)
