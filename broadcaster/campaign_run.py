@@ -26,7 +26,7 @@ from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
 from broadcaster.errors import BroadcasterError, ConfigError
 from broadcaster.ledger import LedgerStore
 from broadcaster.limits import PgTokenStore
-from broadcaster.numbers import TierUsage, tier_usage
+from broadcaster.numbers import TierUsage, sending_rate, tier_usage
 from broadcaster.sql import QUERIES
 from broadcaster.transport import CloudApiTransport, TransportConfig
 from ratelimit import AimdController, SharedBucket
@@ -51,6 +51,7 @@ class _Number:
     aimd: AimdController
     transport: CloudApiTransport
     tier: int | None               # unique recipients per rolling 24 h; None = unlimited
+    burst: float = 1.0             # the bucket's burst; its rate is the AIMD rate minus this
 
 
 @dataclass
@@ -90,11 +91,12 @@ class CampaignRunner:
             mps = float(self.options.mps_override or (row["mps"] if row else DEFAULT_MPS))
             tier = row["tier"] if row else None
             aimd = AimdController(ceiling=mps)
-            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=mps, burst=max(1.0, mps / 5))
+            rate, burst = sending_rate(mps)  # no 1-s window at the provider exceeds the ceiling
+            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=rate, burst=burst)
             transport = CloudApiTransport(
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
                 pid)
-            num = _Number(pid, mps, bucket, aimd, transport, tier)
+            num = _Number(pid, mps, bucket, aimd, transport, tier, burst)
             metrics.set_limiter_rate(pid, mps, mps)
             self._numbers[pid] = num
         return num
@@ -177,7 +179,7 @@ class _AimdLimiter:
         hold = num.aimd.hold_until
         if hold is not None and hold > trio.current_time():
             await trio.sleep_until(hold)
-        rate = num.aimd.current_rate()
+        rate = sending_rate(num.aimd.current_rate())[0]
         if abs(rate - num.bucket.rate) > 1e-9:
             num.bucket.set_rate(rate)
             metrics.set_limiter_rate(num.phone_number_id, num.mps, rate)

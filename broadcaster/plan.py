@@ -34,7 +34,7 @@ from broadcaster.campaign_run import DEFAULT_MPS
 from broadcaster.campaigns import Campaign, PreflightFailed, compile_for, freeze_audience, get_campaign
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError
-from broadcaster.numbers import tier_usage
+from broadcaster.numbers import sending_rate, tier_usage
 from broadcaster.schedule import workspace_timezone
 
 __all__ = ["Estimate", "SendPlan", "estimate", "send_plan"]
@@ -236,7 +236,8 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
                                  campaign.id)
         start = max(now, slot) if slot else now
     new_recipients = to_send if new is None else new
-    eta = estimate(to_send=to_send, new_recipients=new_recipients, mps=mps, tier_limit=tier,
+    # the engine's real sending rate (just under the ceiling), so the ETA matches the run
+    eta = estimate(to_send=to_send, new_recipients=new_recipients, mps=sending_rate(mps)[0], tier_limit=tier,
                    tier_remaining=remaining, oldest_in_window=usage.oldest_at if usage else None, start=start)
     return SendPlan(
         campaign=campaign.name, state=campaign.state, template=campaign.template_name, category=category,

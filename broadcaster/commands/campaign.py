@@ -266,13 +266,16 @@ def list_cmd() -> None:
 
 
 def worker_cmd(lanes: int = typer.Option(32, "--lanes", help="concurrent sender lanes"),
-               batch_size: int = typer.Option(200, "--batch-size")) -> None:
+               batch_size: int = typer.Option(200, "--batch-size", help="rows per claim round trip"),
+               lease: float = typer.Option(120.0, "--lease", help="seconds a claimed row is held before it "
+                                                                  "counts as unknown (crash recovery)")) -> None:
     """Long-running: send for every running campaign. Run any number of them, on any hosts."""
 
     async def main() -> None:
         async with database(max_size=8) as db:
             runner = CampaignRunner(db, settings(), RunOptions(
-                dispatch=DispatchConfig(lanes=lanes, batch_size=batch_size)))
+                dispatch=DispatchConfig(lanes=lanes, batch_size=batch_size, lease_s=lease,
+                                        lease_sweep_s=min(5.0, lease / 2))))
             runner.dispatcher.stay_idle = True
             maybe_start_metrics()
             async with trio.open_nursery() as nursery:
