@@ -92,7 +92,9 @@ class CampaignRunner:
             tier = row["tier"] if row else None
             aimd = AimdController(ceiling=mps)
             rate, burst = sending_rate(mps)  # no 1-s window at the provider exceeds the ceiling
-            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=rate, burst=burst)
+            # chunk: tokens per store round trip; the store keeps burst - chunk, so at least 1 is left
+            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=rate, burst=burst,
+                                  chunk=max(1, int(burst // 2)))
             transport = CloudApiTransport(
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
                 pid)

@@ -17,17 +17,17 @@ MAX_MPS = 1000
 TIER_NAMES = {"250": 250, "2k": 2000, "10k": 10_000, "100k": 100_000, "unlimited": None}
 
 
-SAFETY_MARGIN = 0.99  # send 1% under the ceiling: arrival jitter must not push a 1-s window over it
+BURST_SHARE = 0.03  # burst is 3% of the ceiling; the steady rate is the other 97%
 
 
 def sending_rate(mps: float) -> tuple[float, float]:
-    """(bucket rate, burst) that keeps every 1-s window at the provider under `mps`.
+    """(bucket rate, burst) that keep every 1-s window at the provider at or under `mps`.
 
-    rate + burst = 0.99·mps, burst = mps/100 (at least 1): 80 → (78.2, 1), 200 → (196, 2),
-    1000 → (980, 10). The send plan's ETA uses the same rate.
+    rate + burst = mps (a full bucket spends its burst once, then refills at `rate`), burst 3%:
+    80 → (77.6, 2), 200 → (194, 6), 1000 → (970, 30). The send plan's ETA uses the same rate.
     """
-    burst = max(1.0, round(mps / 100))
-    return max(0.5, SAFETY_MARGIN * mps - burst), burst
+    burst = max(1.0, round(BURST_SHARE * mps))
+    return max(0.5, mps - burst), burst
 
 
 @dataclass(frozen=True)

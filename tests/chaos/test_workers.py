@@ -71,7 +71,8 @@ def test_three_workers_share_one_number_at_200_per_s(db_url: str, uniq: str, tmp
         assert r.returncode == 0, r.stderr
         workers = [Cli(env, "worker", "--lanes", "16", "--batch-size", "50", log=tmp_path / f"w{i}.log")
                    for i in range(3)]
-        assert wait_until(lambda: sandbox.stats()["accepted"] > 200, 60), "workers never started sending"
+        assert wait_until(lambda: sandbox.stats()["accepted"] > 200, 60), \
+            f"workers never started sending: {sandbox.stats()} {ledger_states(db_url, name)}"
         time.sleep(12)
         stats = sandbox.stats()
     finally:
