@@ -168,6 +168,46 @@ def run_naive(api_url: str, n: int) -> dict[str, float]:
     return {"sent": ok, "wall": time.perf_counter() - t0, "cpu": cpu_s() - c0}
 
 
+async def run_rss(db_url: str, api_url: str, name: str, seconds: float) -> dict[str, float]:
+    """Freeze a big audience, send for `seconds`, sample RSS every second: is it flat?"""
+    settings = Settings(database_url=db_url, whatsapp_api_url=api_url, whatsapp_token="bench",
+                        whatsapp_phone_number_id=NUMBER)
+    samples: list[float] = []
+    first: list[float] = []
+    async with open_db(db_url, max_size=8) as db:
+        t0 = time.perf_counter()
+        campaign_id = (await launch(db, name)).campaign.id
+        freeze_s = time.perf_counter() - t0
+        runner = CampaignRunner(db, settings, RunOptions(
+            dispatch=DispatchConfig(lanes=64, batch_size=500), mps_override=1_000_000, only_campaign=campaign_id))
+        t1 = time.perf_counter()
+
+        async def sample() -> None:
+            while True:
+                if not first and runner.dispatcher.stats.sent_requests:
+                    first.append(time.perf_counter() - t1)
+                samples.append(rss_mb())
+                await trio.sleep(0.25 if not first else 1.0)
+
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sample)
+                await runner.run()
+                nursery.cancel_scope.cancel()
+        runner.stop()
+        sent = runner.dispatcher.stats.outcomes.get("accepted", 0)
+        await db.execute("UPDATE campaigns SET state = 'cancelled' WHERE id = $1", campaign_id)
+    return {"freeze": freeze_s, "first": first[0] if first else float("nan"), "sent": sent,
+            "rss_start": samples[0] if samples else 0, "rss_peak": max(samples, default=0),
+            "rss_end": samples[-1] if samples else 0,
+            "peak_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def row(label: str, r: dict[str, float]) -> str:
     rate = r["sent"] / r["wall"] if r["wall"] else 0
     return (f"| {label:<11} | {int(r['sent']):>8} | {r['wall']:>7.1f} | {rate:>8.0f} | "
@@ -179,7 +219,12 @@ def main() -> None:
     ap.add_argument("--recipients", type=int, default=100_000)
     ap.add_argument("--lanes", type=int, default=64)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--rss", action="store_true", help="big-audience memory run instead of the comparison")
+    ap.add_argument("--rss-seconds", type=float, default=60.0)
     args = ap.parse_args()
+    if args.rss:
+        main_rss(args)
+        return
     db_url = bench_db_url()
     tag = time.strftime("%H%M%S")
     sandbox, api_url = start_sandbox()
@@ -204,6 +249,27 @@ def main() -> None:
     if naive:
         print(f"engine / naive peer = {e_rate / (naive['sent'] / naive['wall']):.2f}")
     print(f"engine msg/s = {e_rate:.0f}  (target >= 1000)")
+
+
+def main_rss(args: argparse.Namespace) -> None:
+    db_url = bench_db_url()
+    tag = "rss" + time.strftime("%H%M%S")
+    sandbox, api_url = start_sandbox()
+    try:
+        t0 = time.perf_counter()
+        name = trio.run(prepare, db_url, args.recipients, tag)
+        prep = time.perf_counter() - t0
+        r = trio.run(run_rss, db_url, api_url, name, args.rss_seconds)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(10)
+    print(f"\n{args.recipients} recipients (contacts generated in Postgres in {prep:.1f} s)\n")
+    print("| audience freeze s | time to first message s | sent in window | RSS start MB | RSS peak MB | "
+          "RSS end MB | ru_maxrss MB |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {r['freeze']:.1f} | {r['first']:.2f} | {int(r['sent'])} | {r['rss_start']:.0f} | "
+          f"{r['rss_peak']:.0f} | {r['rss_end']:.0f} | {r['peak_maxrss']:.0f} |")
+    print("\ntarget: peak RSS < 200 MB and flat (end ≈ start) while sending a 1M-recipient campaign")
 
 
 if __name__ == "__main__":
