@@ -54,18 +54,34 @@ __all__ = ["ApplyStatistics", "ApplyWorker", "Hooks"]
 
 logger = logging.getLogger(__name__)
 
-BATCH_BODIES = 100  # stored bodies per apply transaction
+BATCH_BODIES = 500  # stored bodies per apply transaction, at most
+BATCH_BYTES = 2 * 1024 * 1024  # bytes of bodies per apply transaction (≈ 6,000 statuses), at least one body
 POISON_ATTEMPTS = 3  # failures of a single body (not an outage) before it is dead-lettered
 HOOK_ATTEMPTS = 5  # calls of a hook on one change before it is left for a human
 HOOK_BATCH = 100  # changes fetched per round
+LINGER_S = 0.01  # a pass follows the previous one's start by at least this much …
+LINGER_BODIES = 64  # … unless this many bodies have arrived since: small batches cost a transaction each
 RETRY_BASE_S = 0.2  # first backoff after a database failure; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 30.0
 TXN_DEADLINE_S = 30.0  # a transaction started is finished even when cancelled, within this bound
 
+# The oldest unprocessed bodies, up to $1 of them and about $2 bytes. Rows locked past the byte
+# budget stay unprocessed and go in the next batch.
 CLAIM_SQL = """
-SELECT id, received_at, body FROM webhook_events
-WHERE processed_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+SELECT id, received_at, body, locked_n FROM (
+    SELECT id, received_at, body, count(*) OVER () AS locked_n,
+           sum(octet_length(body)) OVER (ORDER BY id) - octet_length(body) AS before
+    FROM (SELECT id, received_at, body FROM webhook_events
+          WHERE processed_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS locked
+) AS sized
+WHERE before < $2
+ORDER BY id
 """
+# The bodies are already durable: if the server crashed right after an apply transaction, the
+# transaction (bodies marked processed included) would be lost whole and redone from the bodies.
+# So it does not wait for its WAL flush. A later synchronous commit (a send response, an answered
+# POST) flushes the WAL up to itself, so nothing that depends on an apply outlives it.
+ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit = off"
 MARK_PROCESSED_SQL = "UPDATE webhook_events SET processed_at = now() WHERE id = ANY($1::bigint[])"
 INSERT_DEAD_SQL = """
 INSERT INTO webhook_dead_letters (webhook_event_id, field, location, reason, payload)
@@ -173,6 +189,8 @@ class ApplyWorker:
         self._hooks = hooks
         self._batch = batch_bodies
         self._wakeup = trio.Event()
+        self._enough = trio.Event()  # set once LINGER_BODIES arrived since the current pass began
+        self._arrived = 0
         self._gen = 0  # bumped by wake()
         self._done_gen = -1  # the last generation fully applied
         self._progress = trio.lowlevel.ParkingLot()
@@ -182,10 +200,13 @@ class ApplyWorker:
 
     # ----- public
 
-    def wake(self) -> None:
-        """New bodies were committed: apply them soon. Never blocks."""
+    def wake(self, bodies: int = 1) -> None:
+        """`bodies` new bodies were committed: apply them soon. Never blocks."""
         self._gen += 1
+        self._arrived += bodies
         self._wakeup.set()
+        if self._arrived >= LINGER_BODIES:
+            self._enough.set()
 
     def statistics(self) -> ApplyStatistics:
         return ApplyStatistics(**self._counts)
@@ -204,20 +225,32 @@ class ApplyWorker:
         await self._progress.park()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Apply whatever is stored, then again after every `wake()`; never returns unless cancelled."""
+        """Apply whatever is stored, then again after every `wake()`; never returns unless cancelled.
+
+        Batching: under a stream of small bodies a pass starts at most every LINGER_S (sooner once
+        LINGER_BODIES are waiting), so statuses are applied within about LINGER_S of being stored
+        and each transaction carries many bodies. After a quiet spell the next body is applied
+        at once.
+        """
         task_status.started()
         while True:
             target = self._gen
+            started = trio.current_time()
+            self._arrived = 0
+            self._enough = trio.Event()
             await self.apply_all()
             self._done_gen = target
             self._progress.unpark_all()
             if self._gen == target:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
+            if self._arrived < LINGER_BODIES:
+                with trio.move_on_at(started + LINGER_S):
+                    await self._enough.wait()
 
     async def apply_all(self) -> None:
         """One pass: apply every stored body, recheck unmatched events, run the hooks."""
-        while await self._apply_some():
+        while await self._apply_some():  # a full batch: there may be more
             pass
         if self._recheck_due:
             await self._retrying("recheck", self._recheck)
@@ -227,8 +260,8 @@ class ApplyWorker:
 
     # ----- bodies
 
-    async def _apply_some(self) -> int:
-        """Apply up to one batch; returns how many bodies were processed (0 = none left)."""
+    async def _apply_some(self) -> bool:
+        """Apply up to one batch; True when the batch was full (more may be waiting)."""
         limit = self._batch
         failures = 0
         delay = RETRY_BASE_S
@@ -247,21 +280,23 @@ class ApplyWorker:
                     failures = 0
                 elif failures >= POISON_ATTEMPTS and claimed:
                     await _shielded(self._poison, claimed[0], str(exc))
-                    return 1
+                    return True
                 else:
                     logger.warning("apply: body %s failed (%s), attempt %d of %d",
                                    claimed[0] if claimed else "?", exc, failures, POISON_ATTEMPTS)
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
-    async def _apply_batch(self, limit: int, claimed: list[int]) -> int:
+    async def _apply_batch(self, limit: int, claimed: list[int]) -> bool:
+        """One transaction over up to `limit` bodies; True when more bodies may be waiting."""
         statuses: list[StatusEvent] = []
         dead: list[tuple[int, DeadLetter]] = []
         changes: list[tuple[int, Change]] = []
         async with self._db.transaction() as conn:
-            rows = await conn.fetch(CLAIM_SQL, limit)
+            await conn.execute(ASYNC_COMMIT_SQL)
+            rows = await conn.fetch(CLAIM_SQL, limit, BATCH_BYTES)
             if not rows:
-                return 0
+                return False
             claimed.extend(r["id"] for r in rows)
             for r in rows:
                 parsed = parse_webhook(bytes(r["body"]), webhook_event_id=r["id"],
@@ -284,7 +319,7 @@ class ApplyWorker:
                                    [orjson.dumps(jsonable(c.value)).decode() for _, c in changes])
             await conn.execute(MARK_PROCESSED_SQL, claimed)
         self._after_batch(len(rows), statuses, result, len(dead), len(changes))
-        return len(rows)
+        return rows[0]["locked_n"] >= limit or rows[0]["locked_n"] > len(rows)
 
     def _after_batch(self, bodies: int, statuses: list[StatusEvent], result: ApplyResult,
                      dead: int, changes: int) -> None:

@@ -1,7 +1,7 @@
 """Durable intake of raw webhook bodies with group commit: many requests, one INSERT.
 
     handler ─store(body)─▶ bounded channel ─▶ writer task: take all queued (≤ max_batch) ─▶
-        INSERT … SELECT FROM unnest($1::bytea[]) ─commit─▶ wake every waiting handler + on_commit()
+        INSERT … SELECT FROM unnest($1::bytea[]) ─commit─▶ wake every waiting handler + on_commit(n)
 
 Guarantees:
 - `store()` returns only after the body is committed (synchronous_commit as the server has it,
@@ -55,7 +55,7 @@ class IngestStatistics:
 class GroupCommitter:
     """Stores raw bodies in `webhook_events`, many per INSERT. Start `run` in a nursery first."""
 
-    def __init__(self, db: Database, *, on_commit: Callable[[], None] | None = None,
+    def __init__(self, db: Database, *, on_commit: Callable[[int], None] | None = None,
                  max_batch: int = MAX_BATCH, max_batch_bytes: int = MAX_BATCH_BYTES,
                  queue_size: int = QUEUE_SIZE, writers: int = WRITERS) -> None:
         if max_batch < 1 or writers < 1 or queue_size < 1:
@@ -125,4 +125,4 @@ class GroupCommitter:
             for s in batch:
                 s.done.set()
             if self._on_commit is not None:
-                self._on_commit()
+                self._on_commit(len(batch))

@@ -278,17 +278,20 @@ SELECT (SELECT count(*) FROM $E) AS events,
 """
 
 # Match by wamid; else by callback data when that row has no wamid yet (never re-point a row).
+# Per-event index lookups (scalar subqueries), not joins: a join over a batch of a few thousand
+# events may be planned as a hash join over a sequential scan of the whole ledger.
 _MATCH = """
 matched AS (
-    SELECT ev.*, COALESCE(lw.id, lc.id) AS target
+    SELECT ev.*, COALESCE(
+        (SELECT l.id FROM ledger l WHERE l.wamid = ev.wamid),
+        (SELECT l.id FROM ledger l WHERE l.id = ev.callback_ledger_id
+                                     AND l.campaign_id = ev.callback_campaign_id AND l.wamid IS NULL)
+    ) AS target
     FROM ev
-    LEFT JOIN ledger lw ON lw.wamid = ev.wamid
-    LEFT JOIN ledger lc ON lw.id IS NULL AND lc.id = ev.callback_ledger_id
-                       AND lc.campaign_id = ev.callback_campaign_id AND lc.wamid IS NULL
 ),
 locked AS (
     SELECT l.id FROM ledger l
-    WHERE l.id IN (SELECT target FROM matched WHERE target IS NOT NULL)
+    WHERE l.id = ANY (ARRAY(SELECT target FROM matched WHERE target IS NOT NULL))
     ORDER BY l.id
     FOR UPDATE OF l $LOCK
 ),
@@ -429,6 +432,8 @@ async def apply_rechecks(db: Database, *, limit: int = CHUNK,
     while True:
         async with db.transaction() as conn:
             await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+            # lost in a crash, it is redone: the events keep their mark until it commits
+            await conn.execute("SET LOCAL synchronous_commit = off")
             await conn.execute("SELECT pg_advisory_xact_lock($1)", WAMID_GATE_LOCK)
             row = await conn.fetchrow(APPLY_RECHECK_SQL, limit)
         result = _result(row)

@@ -35,7 +35,8 @@ CREATE TABLE status_events (
     error_code           integer,
     error_title          text,
     error_details        text,
-    webhook_event_id     bigint NOT NULL REFERENCES webhook_events(id),
+    webhook_event_id     bigint NOT NULL,           -- webhook_events.id (no FK: checked per row,
+                                                    -- it costs as much as the insert itself)
     received_at          timestamptz NOT NULL DEFAULT now(),
     UNIQUE (wamid, status)
 );
@@ -47,7 +48,7 @@ CREATE TABLE status_events (
 -- the log so that applying them never rewrites a log row (a duplicate arriving meanwhile would
 -- wait on that rewrite's unique-index entry: a deadlock with the send response's UPDATE).
 CREATE TABLE status_pending (
-    event_id             bigint PRIMARY KEY REFERENCES status_events(id),
+    event_id             bigint PRIMARY KEY,        -- status_events.id
     wamid                text NOT NULL,
     status               text NOT NULL,
     ts                   timestamptz NOT NULL,
