@@ -14,6 +14,11 @@ app = typer.Typer(help="Receive WhatsApp webhooks: statuses settle the ledger, m
 DB_POOL_SIZE = 8  # group-commit writers, the apply worker, rechecks, hooks
 
 
+@app.callback()
+def inbound() -> None:
+    """Receive WhatsApp webhooks: statuses settle the ledger, messages go to the inbox."""
+
+
 @app.command("serve")
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", envvar="BROADCASTER_INBOUND_HOST",
