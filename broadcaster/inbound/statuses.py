@@ -16,8 +16,8 @@ kept in `status_pending` and applied by the ledger trigger when its wamid is wri
 Batches: `apply_new_statuses` is one statement per chunk (`INSERT … ON CONFLICT` + `UPDATE … FROM
 unnest(…)`), never one round trip per status. It locks target rows with SKIP LOCKED: a row being
 written by a sender right now is left to `apply_rechecks`, which runs after every wamid writer in
-flight has committed (see the migration's note on the race). Neither ever waits on a sender
-holding its row, so the receiver cannot deadlock the dispatcher.
+flight has committed (see the migration's note on the race) and only then waits for row locks,
+with a lock timeout. So the receiver never holds up a send response while waiting for one.
 """
 
 from __future__ import annotations
@@ -362,8 +362,9 @@ RECHECK_LOCK_TIMEOUT_S = 5.0  # the gate waits for wamid writers in flight; give
 class ApplyResult:
     """What one apply call did.
 
-    events: events newly logged (apply_new) or rechecked; duplicates are not counted.
-    unmatched: of those, events no ledger row took (kept; applied when their wamid is written).
+    events: events newly logged (apply_new) or, for a recheck, matched and applied; duplicates
+        are not counted.
+    unmatched: events no ledger row took (kept; applied when their wamid is written).
     rows: ledger rows updated. opted_out: contacts opted out by 131050.
     delivered_s / read_s: accepted → delivered / read latencies (seconds) of the rows updated.
     """
@@ -404,8 +405,7 @@ async def apply_new_statuses(conn: Connection, events: Sequence[StatusEvent]) ->
 
     Run it inside the caller's transaction. Events whose row is being written by someone else
     right now, and events that match nothing, go to `status_pending` marked `recheck`: call
-    `apply_rechecks`
-    after committing (ApplyResult.unmatched > 0 says so).
+    `apply_rechecks` after committing (ApplyResult.unmatched > 0 says so).
     """
     total = ApplyResult()
     unique = dedupe(events)
@@ -438,5 +438,5 @@ async def apply_rechecks(db: Database, *, limit: int = CHUNK,
             row = await conn.fetchrow(APPLY_RECHECK_SQL, limit)
         result = _result(row)
         total = total + result
-        if result.events < limit:
+        if result.events + result.unmatched < limit:  # examined fewer than asked: none left
             return total

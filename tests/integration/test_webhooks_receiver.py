@@ -11,7 +11,7 @@ import trio
 
 from broadcaster.db import Database
 from broadcaster.errors import DatabaseError
-from broadcaster.inbound import Hooks
+from broadcaster.inbound import Hooks, StatusEvent, apply_new_statuses, apply_rechecks
 from broadcaster.inbound.statuses import WAMID_GATE_LOCK
 from broadcaster.ledger import LedgerStore, Outcome
 from tests.integration.test_webhooks_support import (
@@ -337,3 +337,23 @@ async def test_recheck_waits_for_a_wamid_writer_in_flight(db: Database, uniq: st
     got = (await ledger_rows(db, seeded.campaign_id))[row.id]
     assert (got["state"], got["delivered_at"]) == ("delivered", at(T0))
     assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = $1", row.wamid) == 0
+
+
+async def test_rechecks_go_through_every_marked_event_in_rounds(db: Database, uniq: str) -> None:
+    seeded = await make_ledger(db, uniq, 5, state="claimed", with_wamid=False, lease_owner="w1")
+    body_id = await db.fetchval("INSERT INTO webhook_events (body) VALUES ('{}') RETURNING id")
+    events = [StatusEvent(r.wamid, "sent", at(T0), body_id) for r in seeded.rows]
+    async with db.transaction() as conn:
+        assert (await apply_new_statuses(conn, events)).unmatched == 5
+    wamids = [r.wamid for r in seeded.rows]
+    await db.execute("UPDATE ledger SET wamid = $2 WHERE id = $1", seeded.rows[0].id, seeded.rows[0].wamid)
+    # the trigger applied the first one already; the other four take two rounds of two
+    result = await apply_rechecks(db, limit=2)
+    assert (result.events, result.unmatched) == (0, 4)
+    assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = ANY($1::text[]) AND recheck",
+                             wamids) == 0
+    await db.execute("UPDATE ledger SET wamid = 'wamid.' || $2 || '.' || wa_id WHERE campaign_id = $1",
+                     seeded.campaign_id, uniq)
+    got = await ledger_rows(db, seeded.campaign_id)
+    assert {got[r.id]["state"] for r in seeded.rows} == {"sent"}
+    assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = ANY($1::text[])", wamids) == 0
