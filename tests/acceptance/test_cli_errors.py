@@ -45,7 +45,8 @@ def test_unknown_segment_exits_1_and_writes_nothing(migrated: str, uniq: str) ->
 
 
 def test_unknown_template_exits_1(migrated: str, uniq: str) -> None:
-    r = cli("segments", "create", f"s_{uniq}", "--workspace", f"w_{uniq}", "--genre", "comedy")
+    assert cli("contacts", "import", str(ROOT / "examples" / "contacts_sample.csv")).returncode == 0
+    r = cli("segments", "create", f"s_{uniq}", "--workspace", "originals", "--genre", "comedy")
     assert r.returncode == 0, r.stdout + r.stderr
     r = cli("campaign", "create", f"c_{uniq}", "--segment", f"s_{uniq}", "--template", f"nope_{uniq}")
     assert r.returncode == 1
