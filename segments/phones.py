@@ -129,6 +129,7 @@ class _TypeMatcher:
         self._fixed = self._desc(meta.fixed_line)
         self._mobile = self._desc(meta.mobile)
         self._same = bool(meta.same_mobile_and_fixed_line_pattern)
+        self._by_length: dict[int, tuple[re.Pattern[str] | None, ...]] = {}
 
     @staticmethod
     def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> tuple[frozenset[int], re.Pattern[str]] | None:
@@ -146,12 +147,29 @@ class _TypeMatcher:
         return pattern.fullmatch(national) is not None
 
     def accepts(self, national: str) -> bool:
-        """number_type(national) in (MOBILE, FIXED_LINE_OR_MOBILE), testing the likeliest pattern first."""
+        """number_type(national) in (MOBILE, FIXED_LINE_OR_MOBILE): mobile ∧ general ∧ no special type.
+
+        The same decision as number_type, with the patterns that apply to the number's length
+        merged into one regex per test (3 regex calls instead of up to 11)."""
         if self._same:
             return self.number_type(national) in _ACCEPTED_TYPES
-        if not self._matches(self._mobile, national) or not self._matches(self._general, national):
+        tests = self._by_length.get(len(national))
+        if tests is None:
+            tests = self._by_length[len(national)] = self._length_tests(len(national))
+        mobile, general, special = tests
+        if mobile is None or general is None or mobile.fullmatch(national) is None:
             return False
-        return not any(self._matches(desc, national) for _kind, desc in self._special)
+        if general.fullmatch(national) is None:
+            return False
+        return special is None or special.fullmatch(national) is None
+
+    def _length_tests(self, length: int) -> tuple[re.Pattern[str] | None, ...]:
+        def applicable(descs: list[tuple[frozenset[int], re.Pattern[str]] | None]) -> re.Pattern[str] | None:
+            parts = [d[1].pattern for d in descs if d is not None and (not d[0] or length in d[0])]
+            return re.compile("|".join(f"(?:{p})" for p in parts)) if parts else None
+
+        return (applicable([self._mobile]), applicable([self._general]),
+                applicable([d for _kind, d in self._special]))
 
     def number_type(self, national: str) -> int:
         """The PhoneNumberType of a national significant number (digits) of this region."""

@@ -129,6 +129,19 @@ def _text(fields: dict[str, Any], key: str) -> str | None:
     return text
 
 
+def _cell(key: str, value: Any) -> str | None:
+    """`_text` for one value; string answers for the low-cardinality columns (workspace, language,
+    genre, city) are cached, a rejection is not."""
+    if type(value) is str:
+        return _cached_cell(key, value)
+    return _text({key: value}, key)
+
+
+@lru_cache(maxsize=8192)
+def _cached_cell(key: str, value: str) -> str | None:
+    return _text({key: value}, key)
+
+
 def parse_opted_in(value: Any) -> bool | None:
     """true/false/yes/no/y/n/1/0/on/off/opted out/stop … (any case) → bool; empty → None.
 
@@ -280,15 +293,15 @@ def _clean(raw: RawRow, default_workspace: str | None, default_region: str) -> C
         wa_id = normalize_phone("" if phone_value is None else str(phone_value), default_region)
     except InvalidPhone as exc:
         raise _Reject(f"phone_{exc.reason}", "phone", exc.detail) from None
-    workspace = _text(f, "workspace") or _text({"workspace": default_workspace}, "workspace")
+    workspace = _cell("workspace", f.get("workspace")) or _cell("workspace", default_workspace)
     if not workspace:
         raise _Reject("missing_workspace", "workspace", "no workspace in the row and no --workspace given")
     try:
         opted_in = parse_opted_in(f.get("opted_in"))
     except ValueError as exc:
         raise _Reject("bad_opted_in", "opted_in", str(exc)) from None
-    language, language_known = _cached_language(_text(f, "language"))
-    genre, genre_known = _cached_genre(_text(f, "genre"))
+    language, language_known = _cached_language(_cell("language", f.get("language")))
+    genre, genre_known = _cached_genre(_cell("genre", f.get("genre")))
     return ContactRow(
         row=raw.row,
         workspace=workspace,
@@ -297,7 +310,7 @@ def _clean(raw: RawRow, default_workspace: str | None, default_region: str) -> C
         name=_text(f, "name"),
         language=language,
         genre=genre,
-        city=_cached_city(_text(f, "city")),
+        city=_cached_city(_cell("city", f.get("city"))),
         followers=_followers(f.get("followers")),
         last_active_at=_timestamp(_text(f, "last_active_at")),
         tags=_tags(f.get("tags")),
