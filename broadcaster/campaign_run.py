@@ -34,6 +34,7 @@ from ratelimit import AimdController, SharedBucket
 log = logging.getLogger("broadcaster.campaign_run")
 
 DEFAULT_MPS = 80
+NUMBERS_REFRESH_S = 5.0  # a worker re-reads its numbers' mps/tier/quality this often
 
 
 def worker_id() -> str:
@@ -52,6 +53,7 @@ class _Number:
     transport: CloudApiTransport
     tier: int | None               # unique recipients per rolling 24 h; None = unlimited
     burst: float = 1.0             # the bucket's burst; its rate is the AIMD rate minus this
+    quality: str = "GREEN"         # WhatsApp's quality rating of the number (sender_numbers.quality)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class CampaignRunner:
         self.tokens = PgTokenStore(db)
         self.owner = worker_id()
         self._numbers: dict[str, _Number] = {}
+        self._numbers_read_at = 0.0
         self._compiled: dict[int, tuple[Any, Campaign]] = {}
         self.dispatcher = Dispatcher(
             self.ledger, self._open_lane, campaigns=self._campaigns, owner=self.owner,
@@ -87,7 +90,8 @@ class CampaignRunner:
                               "(`broadcaster numbers add …`)")
         num = self._numbers.get(pid)
         if num is None:
-            row = await self.db.fetchrow("SELECT mps, tier FROM sender_numbers WHERE phone_number_id = $1", pid)
+            row = await self.db.fetchrow("SELECT mps, tier, quality FROM sender_numbers WHERE phone_number_id = $1",
+                                         pid)
             mps = float(self.options.mps_override or (row["mps"] if row else DEFAULT_MPS))
             tier = row["tier"] if row else None
             aimd = AimdController(ceiling=mps)
@@ -99,11 +103,29 @@ class CampaignRunner:
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
                 pid)
             num = _Number(pid, mps, bucket, aimd, transport, tier, burst)
+            num.quality = row["quality"] if row else "GREEN"
             metrics.set_limiter_rate(pid, mps, mps)
             self._numbers[pid] = num
         return num
 
+    async def _refresh_numbers(self) -> None:
+        """Pick up `numbers set` and quality/tier webhooks in a running worker (at most every 5 s)."""
+        now = trio.current_time()
+        if not self._numbers or now - self._numbers_read_at < NUMBERS_REFRESH_S:
+            return
+        self._numbers_read_at = now
+        rows = await self.db.fetch("SELECT phone_number_id, mps, tier, quality FROM sender_numbers"
+                                   " WHERE phone_number_id = ANY($1::text[])", list(self._numbers))
+        for r in rows:
+            num = self._numbers[r["phone_number_id"]]
+            num.tier, num.quality = r["tier"], r["quality"]
+            if self.options.mps_override is None and float(r["mps"]) != num.mps:
+                num.mps = float(r["mps"])
+                num.aimd = AimdController(ceiling=num.mps)
+                metrics.set_limiter_rate(num.phone_number_id, num.mps, num.mps)
+
     async def _campaigns(self) -> list[CampaignSlot]:
+        await self._refresh_numbers()
         rows = await self.db.fetch(QUERIES["running_campaigns"])
         slots = []
         for r in rows:
@@ -122,16 +144,10 @@ class CampaignRunner:
                 cached = (compiled, campaign)
                 self._compiled[r["id"]] = cached
             compiled, campaign = cached
-            num = await self._number(campaign.phone_number_id)
-            cap = None
-            if num.tier is not None:
-                usage = await tier_usage(self.db, num.phone_number_id, num.tier,
-                                         is_default=num.phone_number_id == self.settings.whatsapp_phone_number_id)
-                if usage.remaining == 0:
-                    await self._pause_tier(campaign, usage)
-                    continue
-                cap = usage.remaining
-                metrics.set_tier_budget(num.phone_number_id, usage.limit, usage.remaining)
+            chosen = await self._choose_number(campaign)
+            if chosen is None:
+                continue
+            num, cap = chosen
             slot = CampaignSlot(
                 id=campaign.id, name=campaign.name, compiled=compiled, limiter=_AimdLimiter(num),
                 number=num.phone_number_id, claim_cap=cap, template=campaign.template_name,
@@ -143,6 +159,36 @@ class CampaignRunner:
             if cid not in active_ids:
                 del self._compiled[cid]  # paused/finished: recompile (pre-flight again) on resume
         return slots
+
+    async def _choose_number(self, campaign: Campaign) -> tuple[_Number, int | None] | None:
+        """The number this campaign sends from now, and how many rows it may claim.
+
+        A pool is tried in order: the first number with daily tier budget left (and, when
+        another is available, not rated RED) sends; when every number's tier is used up the
+        campaign pauses with `tier_exhausted` and the earliest time one frees up. A recipient is
+        one ledger row, so whichever number sends it, it is sent once.
+        """
+        pool = list(campaign.number_pool) or [campaign.phone_number_id or ""]
+        exhausted: list[TierUsage] = []
+        candidates = []
+        for pid in pool:
+            num = await self._number(pid or None)
+            candidates.append(num)
+        if len(candidates) > 1:
+            candidates.sort(key=lambda n: n.quality == "RED")  # stable: pool order among equals
+        for num in candidates:
+            if num.tier is None:
+                return num, None
+            usage = await tier_usage(self.db, num.phone_number_id, num.tier,
+                                     is_default=num.phone_number_id == self.settings.whatsapp_phone_number_id)
+            metrics.set_tier_budget(num.phone_number_id, usage.limit, usage.remaining)
+            if not usage.exhausted:
+                # remaining may be 0 while rows are in flight: claim nothing, let them land
+                return num, usage.remaining
+            exhausted.append(usage)
+        soonest = min(exhausted, key=lambda u: u.oldest_at or campaign.created_at)
+        await self._pause_tier(campaign, soonest)
+        return None
 
     async def _pause_tier(self, campaign: Campaign, usage: TierUsage) -> None:
         resume_at = usage.oldest_at + timedelta(hours=24) if usage.oldest_at else None

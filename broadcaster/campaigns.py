@@ -47,6 +47,7 @@ class Campaign:
     default_language: str
     variables: dict[str, str]
     phone_number_id: str | None
+    number_pool: list[str]             # several sender numbers, in order: spill over when one's tier is used up
     state: str
     pause_reason: str | None
     pause_detail: dict[str, Any] | None
@@ -58,7 +59,7 @@ class Campaign:
     finished_at: datetime | None
 
 
-_COLUMNS = ("id, name, workspace, segment, template_name, default_language, variables, phone_number_id,"
+_COLUMNS = ("id, name, workspace, segment, template_name, default_language, variables, phone_number_id, number_pool,"
             " state, pause_reason, pause_detail, audience_frozen_at, unknown_policy, unknown_grace_s,"
             " created_at, started_at, finished_at")
 
@@ -110,7 +111,7 @@ async def compile_for(db: Database | Connection, campaign: Campaign) -> tuple[Co
 async def create_campaign(db: Database, name: str, *, segment: str, template: str,
                           variables: dict[str, str], default_language: str | None = None,
                           phone_number_id: str | None = None, unknown_policy: str = "resend",
-                          unknown_grace_s: int = 900) -> Campaign:
+                          unknown_grace_s: int = 900, number_pool: list[str] | None = None) -> Campaign:
     """Create a draft campaign after checking its segment, template and variables (pre-flight)."""
     if unknown_policy not in ("resend", "fail"):
         raise UsageError(f"--unknown-policy must be resend or fail, got {unknown_policy!r}")
@@ -124,10 +125,11 @@ async def create_campaign(db: Database, name: str, *, segment: str, template: st
     try:
         row = await db.fetchrow(
             "INSERT INTO campaigns (name, workspace, segment, template_name, default_language, variables,"
-            " phone_number_id, unknown_policy, unknown_grace_s)"
-            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}",
+            " phone_number_id, unknown_policy, unknown_grace_s, number_pool)"
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}",
             name, seg.workspace, segment, template, language, orjson.dumps(variables).decode(),
-            phone_number_id, unknown_policy, unknown_grace_s)
+            phone_number_id or (number_pool[0] if number_pool else None), unknown_policy, unknown_grace_s,
+            list(number_pool or []))
     except UniqueViolation as exc:
         raise StateError(f"campaign '{name}' already exists: pick another name") from exc
     return _campaign(row)

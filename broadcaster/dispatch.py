@@ -199,10 +199,12 @@ class Dispatcher:
                 if now_t - last_sweep >= self.cfg.lease_sweep_s:
                     last_sweep = now_t
                     await self.ledger.expire_leases(active)
-                caps = [s.claim_cap for s in slots if s.active and s.claim_cap is not None]
-                limit = min([self.cfg.batch_size, *caps])
+                # a campaign whose tier budget is held by rows in flight claims nothing this round
+                claimable = [s for s in slots if s.active and (s.claim_cap is None or s.claim_cap > 0)]
+                limit = min([self.cfg.batch_size, *(s.claim_cap for s in claimable if s.claim_cap is not None)])
                 t0 = trio.current_time()
-                rows = await self.ledger.claim_batch(active, limit, lease_s=self.cfg.lease_s, owner=self.owner)
+                rows = await self.ledger.claim_batch([s.id for s in claimable], limit, lease_s=self.cfg.lease_s,
+                                                     owner=self.owner)
                 metrics.observe_claim(trio.current_time() - t0)
                 self.stats.claimed += len(rows)
                 if not rows:
@@ -327,7 +329,8 @@ class Dispatcher:
         except trio.Cancelled:
             raise
         slot.on_success()
-        return Outcome(row.id, "accepted", campaign_id=row.campaign_id, wamid=result.wamid, attempt_inc=1)
+        return Outcome(row.id, "accepted", campaign_id=row.campaign_id, wamid=result.wamid, attempt_inc=1,
+                       number=slot.number)
 
     # ---- writer --------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Outcome:
     retry_at: datetime | None = None
     skip_reason: str | None = None
     campaign_id: int = 0  # not written; lets the writer attribute halts to their campaign
+    number: str | None = None  # the sender phone_number_id that sent it (accepted rows)
 
 
 @dataclass
@@ -123,12 +124,12 @@ class LedgerStore:
         """Write a batch of outcomes in one statement; returns how many rows changed."""
         if not outcomes:
             return 0
-        cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+        cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
         for o in outcomes:
             for col, value in zip(cols, (o.id, o.state, o.wamid, o.code, o.title, o.attempt_inc,
-                                         o.retry_at, o.skip_reason), strict=True):
+                                         o.retry_at, o.skip_reason, o.number), strict=True):
                 col.append(value)
-        status = await self.db.execute(QUERIES["record_results"], *cols, owner)
+        status = await self.db.execute(QUERIES["record_results"], *cols[:8], owner, cols[8])
         return int(status.split()[-1])
 
     async def release_claims(self, ids: Sequence[int], *, owner: str) -> None:

@@ -98,23 +98,39 @@ async def list_numbers(db: Database) -> list[SenderNumber]:
 @dataclass(frozen=True)
 class TierUsage:
     limit: int | None
-    reached: int                    # unique recipients accepted in the last 24 h, plus those in flight
+    reached: int                    # unique recipients accepted from this number in the last 24 h
+    in_flight: int                  # rows claimed right now by campaigns that may send from it
     oldest_at: datetime | None      # oldest first-contact in the window: budget frees up 24 h after it
 
     @property
     def remaining(self) -> int | None:
-        return None if self.limit is None else max(0, self.limit - self.reached)
+        """Rows that may still be claimed now (in-flight rows already hold their share)."""
+        return None if self.limit is None else max(0, self.limit - self.reached - self.in_flight)
+
+    @property
+    def exhausted(self) -> bool:
+        """Used up for good (until the window moves): nothing left and nothing in flight."""
+        return self.limit is not None and self.reached >= self.limit
 
 
 async def tier_usage(db: Database, phone_number_id: str, limit: int | None, *, is_default: bool) -> TierUsage:
-    """Unique recipients reached from this number in the rolling 24 h (one query)."""
+    """Unique recipients reached from this number in the rolling 24 h, and rows in flight for
+    campaigns that may send from it (one query). Conservative: in-flight rows of a pool campaign
+    count against every number of its pool."""
     if limit is None:
-        return TierUsage(None, 0, None)
+        return TierUsage(None, 0, 0, None)
     row = await db.fetchrow(
         """
-        SELECT count(DISTINCT l.wa_id) AS reached, min(l.accepted_at) AS oldest
+        SELECT count(DISTINCT l.wa_id) FILTER (WHERE l.accepted_at > now() - interval '24 hours'
+               AND COALESCE(l.phone_number_id, k.phone_number_id, CASE WHEN $2 THEN $1 END) = $1) AS reached,
+               count(*) FILTER (WHERE l.state = 'claimed') AS in_flight,
+               min(l.accepted_at) FILTER (WHERE l.accepted_at > now() - interval '24 hours'
+               AND COALESCE(l.phone_number_id, k.phone_number_id, CASE WHEN $2 THEN $1 END) = $1) AS oldest
         FROM ledger l JOIN campaigns k ON k.id = l.campaign_id
-        WHERE (k.phone_number_id = $1 OR ($2 AND k.phone_number_id IS NULL))
-          AND (l.accepted_at > now() - interval '24 hours' OR l.state = 'claimed')
+        WHERE (l.accepted_at > now() - interval '24 hours'
+               AND COALESCE(l.phone_number_id, k.phone_number_id, CASE WHEN $2 THEN $1 END) = $1)
+           OR (l.state = 'claimed'
+               AND (k.phone_number_id = $1 OR $1 = ANY(k.number_pool)
+                    OR ($2 AND k.phone_number_id IS NULL AND cardinality(k.number_pool) = 0)))
         """, phone_number_id, is_default)
-    return TierUsage(limit, int(row["reached"]), row["oldest"])
+    return TierUsage(limit, int(row["reached"]), int(row["in_flight"]), row["oldest"])

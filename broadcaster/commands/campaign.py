@@ -30,7 +30,8 @@ def create_cmd(
     var: list[str] = typer.Option([], "--var", help="KEY=VALUE: 1=contact.name, header.link=https://…, "
                                                     "button.0=contact.external_id, or a constant"),
     language: str | None = typer.Option(None, "--language", help="default template language (else en)"),
-    number: str | None = typer.Option(None, "--number", help="sender phone_number_id (else the default)"),
+    number: list[str] = typer.Option([], "--number", help="sender phone_number_id (else the default); "
+                                     "repeat for a pool: the next number takes over when one's daily tier is used up"),
     unknown_policy: str = typer.Option("resend", "--unknown-policy",
                                        help="rows still unknown after the grace period: resend|fail"),
     unknown_grace: int = typer.Option(900, "--unknown-grace", help="grace period for unknown rows, s"),
@@ -52,7 +53,8 @@ def create_cmd(
                 request = await sched.prepare_request(db, segment=segment, at=at, every=every, tz=tz)
             c = await camp.create_campaign(
                 db, name, segment=segment, template=template, variables=variables,
-                default_language=language, phone_number_id=number, unknown_policy=unknown_policy,
+                default_language=language, phone_number_id=number[0] if number else None,
+                number_pool=number if len(number) > 1 else None, unknown_policy=unknown_policy,
                 unknown_grace_s=unknown_grace)
             if request is not None:
                 await sched.schedule_campaign(db, c.name, request)

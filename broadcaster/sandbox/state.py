@@ -38,6 +38,7 @@ class SandboxState:
         self.duplicates = 0
         self.windows: dict[str, list[int]] = {}  # phone_number_id → [second, accepted in it]
         self.max_per_second: dict[str, int] = {}
+        self.accepted_by_number: dict[str, int] = {}
         self.per_second: dict[int, int] = {}
         self.last_accept: dict[tuple[str, str], float] = {}  # (phone id, wa_id) → epoch s
         self.messages: deque[dict[str, Any]] = deque(maxlen=MESSAGES_KEEP)
@@ -80,6 +81,7 @@ class SandboxState:
         """Count one accepted send at `now` (per number window, per second, per recipient)."""
         second = int(now)
         self.accepted += 1
+        self.accepted_by_number[phone_number_id] = self.accepted_by_number.get(phone_number_id, 0) + 1
         window = self.windows.get(phone_number_id)
         if window is None or window[0] != second:
             window = self.windows[phone_number_id] = [second, 0]
@@ -112,6 +114,7 @@ class SandboxState:
             "recipients": len(self.recipients),
             "duplicates": self.duplicates,
             "max_per_second": dict(self.max_per_second),
+            "accepted_by_number": dict(self.accepted_by_number),
             "per_second": [[s, n] for s, n in sorted(self.per_second.items())],
             "faults": dict(self.faults),
             "webhooks": {k: self.webhooks.get(k, 0)

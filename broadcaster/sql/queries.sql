@@ -40,10 +40,11 @@ SET state = r.state,
                               ELSE l.unknown_resolution END,
     lease_until = NULL,
     lease_owner = CASE WHEN r.state = 'unknown' THEN l.lease_owner ELSE NULL END,
+    phone_number_id = COALESCE(r.number, l.phone_number_id),
     updated_at = now()
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[],
-            $7::timestamptz[], $8::text[])
-     AS r(id, state, wamid, code, title, attempt_inc, retry_at, skip_reason)
+            $7::timestamptz[], $8::text[], $10::text[])
+     AS r(id, state, wamid, code, title, attempt_inc, retry_at, skip_reason, number)
 WHERE l.id = r.id AND l.lease_owner = $9 AND l.state IN ('claimed', 'unknown')
 
 -- name: expire_leases

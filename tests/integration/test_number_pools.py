@@ -1,0 +1,56 @@
+"""Daily tier budgets and sender-number pools against the sandbox over HTTP."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from broadcaster import campaigns as camp
+from broadcaster.db import Database
+from broadcaster.ledger import LedgerStore
+from broadcaster.numbers import add_number
+from tests.integration.factories import campaign_for, run_campaign, settings_for
+
+
+def new_number() -> str:
+    return f"6{random.randint(10**13, 10**14 - 1)}"
+
+
+async def test_tier_used_up_pauses_with_reason_and_resume_time_never_fails(
+        db: Database, db_url: str, sandbox, uniq: str, phone_factory) -> None:
+    number = new_number()
+    phones = [phone_factory() for _ in range(150)]
+    campaign = await campaign_for(db, uniq, phones)
+    await add_number(db, number, workspace=f"ws_{uniq}", mps=1000, tier=100)
+    await db.execute("UPDATE campaigns SET phone_number_id = $2 WHERE id = $1", campaign.id, number)
+    await run_campaign(db, settings_for(db_url, sandbox), campaign)
+
+    c = await camp.get_campaign(db, campaign.name)
+    assert (c.state, c.pause_reason) == ("paused", "tier_exhausted")
+    assert c.pause_detail["tier"] == 100 and c.pause_detail["reached_24h"] == 100
+    assert c.pause_detail["resume_at"] is not None
+    counts = await LedgerStore(db).counts(campaign.id)
+    assert counts["accepted"] == 100 and counts["pending"] == 50 and counts["failed"] == 0, counts.by_state
+
+
+async def test_two_number_pool_spills_over_500_then_700_nobody_twice(
+        db: Database, db_url: str, sandbox, uniq: str, phone_factory) -> None:
+    first, second = new_number(), new_number()
+    phones = [phone_factory() for _ in range(1200)]
+    campaign = await campaign_for(db, uniq, phones)
+    await add_number(db, first, workspace=f"ws_{uniq}", mps=1000, tier=500)
+    await add_number(db, second, workspace=f"ws_{uniq}", mps=1000, tier=10_000)
+    await db.execute("UPDATE campaigns SET phone_number_id = $2, number_pool = $3 WHERE id = $1",
+                     campaign.id, first, [first, second])
+    await run_campaign(db, settings_for(db_url, sandbox), campaign)
+
+    by_number = {r["phone_number_id"]: r["n"] for r in await db.fetch(
+        "SELECT phone_number_id, count(*)::int AS n FROM ledger WHERE campaign_id = $1 GROUP BY 1", campaign.id)}
+    assert by_number == {first: 500, second: 700}
+    assert (await camp.get_campaign(db, campaign.name)).state == "completed"
+    stats = await trio.to_thread.run_sync(sandbox.stats)
+    assert stats["accepted_by_number"][first] == 500
+    assert stats["accepted_by_number"][second] == 700
+    seen = await trio.to_thread.run_sync(sandbox.recipients)
+    assert all(seen.get(p) == 1 for p in phones), "no recipient gets it from both numbers"
