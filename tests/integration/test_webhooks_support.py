@@ -41,8 +41,9 @@ async def make_ledger(db: Database, uniq: str, n: int, *, state: str = "accepted
                       campaign: Seeded | None = None, tag: str = "") -> Seeded:
     """`n` ledger rows (and contacts) in one campaign, straight in SQL.
 
-    Rows get state `state`; their wamid is `wamid.<uniq><tag>.<i>`, stored only if `with_wamid`.
-    Pass `campaign` to add rows to an existing campaign.
+    Rows get state `state`; their wamid is `wamid.<uniq><tag>.<wa_id>`, stored only if `with_wamid`.
+    Pass `campaign` to add rows to an existing campaign. The campaign is `completed`, so that no
+    worker of another test ever claims these rows (statuses apply whatever the campaign state).
     """
     if campaign is None:
         ws = f"wh_{uniq}"
@@ -51,7 +52,7 @@ async def make_ledger(db: Database, uniq: str, n: int, *, state: str = "accepted
                          f"seg_{uniq}", ws)
         campaign_id = await db.fetchval(
             "INSERT INTO campaigns (name, workspace, segment, template_name, default_language, state)"
-            " VALUES ($1, $2, $3, 'daily_campaign_invite', 'hi', 'running') RETURNING id",
+            " VALUES ($1, $2, $3, 'daily_campaign_invite', 'hi', 'completed') RETURNING id",
             f"camp_{uniq}", ws, f"seg_{uniq}")
     else:
         ws, campaign_id = campaign.workspace, campaign.campaign_id
