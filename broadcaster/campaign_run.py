@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,7 +20,7 @@ import trio
 from broadcaster import metrics
 from broadcaster.campaigns import Campaign, compile_for, get_campaign_by_id, pause_by_id
 from broadcaster.config import Settings
-from broadcaster.db import Database
+from broadcaster.db import Database, open_db
 from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
 from broadcaster.errors import BroadcasterError, ConfigError
 from broadcaster.ledger import LedgerStore
@@ -210,7 +209,15 @@ class CampaignRunner:
                 log.info("campaign_completed id=%s", cid)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.dispatcher.run(task_status=task_status)
+        """Send until stopped (worker) or until no campaign is left (foreground launch)."""
+        # Token-bucket updates get their own small pool without synchronous commit: a bucket's state
+        # need not survive a Postgres crash, and a WAL flush per chunk of tokens would cost ~5 ms.
+        async with open_db(self.db.dsn, max_size=2, server_settings={"synchronous_commit": "off"}) as tokens_db:
+            self.tokens.db = tokens_db
+            try:
+                await self.dispatcher.run(task_status=task_status)
+            finally:
+                self.tokens.db = self.db
 
     def stop(self) -> None:
         self.dispatcher.stop()
@@ -244,16 +251,3 @@ def _throttled(num: _Number, retry_after: float | None) -> None:
 
 def _succeeded(num: _Number) -> None:
     num.aimd.on_success()
-
-
-async def run_until_settled(db: Database, settings: Settings, campaign_id: int, *,
-                            options: RunOptions | None = None,
-                            on_started: Callable[[CampaignRunner], Any] | None = None) -> None:
-    """Send one campaign in the foreground until it completes, pauses or is cancelled (or SIGINT)."""
-    opts = options or RunOptions()
-    opts.only_campaign = campaign_id
-    runner = CampaignRunner(db, settings, opts)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(runner.run)
-        if on_started is not None:
-            on_started(runner)

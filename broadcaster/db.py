@@ -98,8 +98,13 @@ class Connection(_Executor):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        """BEGIN … COMMIT; ROLLBACK on any exception (or cancellation) inside the block."""
-        await self.execute("BEGIN")
+        """BEGIN … COMMIT; ROLLBACK on any exception (or cancellation) inside the block.
+
+        Cancellation: BEGIN is shielded (a BEGIN cancelled in flight would leave the pooled
+        connection mid-transaction); a cancelled block is rolled back under a shield.
+        """
+        with trio.CancelScope(shield=True):
+            await self.execute("BEGIN")
         try:
             yield self
         except BaseException:
@@ -186,7 +191,8 @@ async def _asyncio_loop() -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def open_db(dsn: str | None = None, *, min_size: int = 1, max_size: int = 10,
-                  command_timeout: float = 60.0) -> AsyncIterator[Database]:
+                  command_timeout: float = 60.0,
+                  server_settings: dict[str, str] | None = None) -> AsyncIterator[Database]:
     """Open a connection pool for the block (opening the asyncio bridge loop if needed).
 
     Raises:
@@ -197,7 +203,7 @@ async def open_db(dsn: str | None = None, *, min_size: int = 1, max_size: int = 
         try:
             pool = await aio_as_trio(asyncpg.create_pool)(
                 dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout,
-                statement_cache_size=256,
+                statement_cache_size=256, server_settings=server_settings,
             )
         except _TRANSLATE as exc:
             raise DatabaseUnavailable(

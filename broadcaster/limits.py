@@ -1,16 +1,38 @@
-"""The engine side of rate limiting: Postgres-backed token store and per-number limiter wiring.
+"""The engine side of rate limiting: the Postgres-backed token store shared by every worker.
 
 `PgTokenStore.take_tokens` is one round trip per chunk of tokens (never per message); the bucket
 state lives in `rate_buckets`, so every worker process on every host shares one budget per number.
+The arithmetic is `ratelimit.store_take`'s, on the server's clock:
+
+    tokens  = min(burst, tokens + rate · elapsed);  granted = min(want, floor(tokens))
+    wait_s  = 0 if tokens - granted >= 1 else (1 - (tokens - granted)) / rate
 """
 
 from __future__ import annotations
 
 from broadcaster.db import Database
 
+# One UPDATE: the row lock is taken once and held only for this statement.
+_TAKE = """
+WITH cur AS (
+    SELECT key, LEAST($4::float8, tokens + $3::float8 * GREATEST(0, extract(epoch FROM clock_timestamp() - updated_at)))
+           AS avail, clock_timestamp() AS ts
+    FROM rate_buckets WHERE key = $1 FOR UPDATE
+)
+UPDATE rate_buckets b
+SET tokens = cur.avail - LEAST($2::int, floor(cur.avail)), updated_at = cur.ts
+FROM cur WHERE b.key = cur.key
+RETURNING LEAST($2::int, floor(cur.avail))::int AS granted, b.tokens AS after
+"""
+
+_CREATE = """
+INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, clock_timestamp())
+ON CONFLICT (key) DO NOTHING
+"""
+
 
 class PgTokenStore:
-    """ratelimit.TokenStore over Postgres (function `take_tokens`, migration 0003)."""
+    """ratelimit.TokenStore over Postgres."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -18,7 +40,10 @@ class PgTokenStore:
 
     async def take_tokens(self, key: str, want: int, rate: float, burst: float) -> tuple[int, float]:
         self.calls += 1
-        row = await self.db.fetchrow("SELECT granted, wait_s FROM take_tokens($1, $2, $3, $4)",
-                                     key, int(want), float(rate), float(burst))
-        assert row is not None
-        return int(row["granted"]), float(row["wait_s"])
+        row = await self.db.fetchrow(_TAKE, key, int(want), float(rate), float(burst))
+        if row is None:  # the bucket's first use: create it full, then take
+            await self.db.execute(_CREATE, key, float(burst))
+            row = await self.db.fetchrow(_TAKE, key, int(want), float(rate), float(burst))
+            assert row is not None
+        after = float(row["after"])
+        return int(row["granted"]), 0.0 if after >= 1 else (1 - after) / rate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import typer
 
-from broadcaster.commands.common import console, database, run, settings
+from broadcaster.commands.common import console, database, maybe_start_metrics, run, settings
 from broadcaster.inbound import WEBHOOK_PATH, serve_inbound
 
 app = typer.Typer(help="Receive WhatsApp webhooks: statuses settle the ledger, messages go to the inbox.",
@@ -37,6 +37,12 @@ def serve(
 async def _serve(host: str, port: int) -> None:
     config = settings()
     config.require("whatsapp_app_secret", "whatsapp_verify_token")
+    from broadcaster.inbox.handler import Inbox, InboxConfig, set_default_inbox
+    from broadcaster.inbox.worker import run_inbox_worker
+
+    set_default_inbox(Inbox(InboxConfig.from_env()))  # a bad rules file fails here, before serving
+    maybe_start_metrics()
     async with database(max_size=DB_POOL_SIZE) as db, trio.open_nursery() as nursery:
         bound = await nursery.start(serve_inbound, db, config, host, port)
+        await nursery.start(run_inbox_worker, db, config)  # rule answers and Slack escalations
         console.print(f"inbound: receiving webhooks on http://{host}:{bound}{WEBHOOK_PATH} (Ctrl-C stops)")

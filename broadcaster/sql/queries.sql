@@ -24,18 +24,21 @@ RETURNING l.id, l.campaign_id, l.wa_id, l.language, l.attempts,
 
 -- name: record_results
 -- Write one batch of outcomes (arrays, one element per row). Only rows still leased by this worker
--- (claimed, or turned `unknown` after its lease expired) change: a late answer never overwrites a
--- state that a webhook or another worker has already moved on.
+-- change: claimed, or turned `unknown` after the lease expired. A row a status webhook already moved
+-- forward (sent/delivered/read/failed) keeps its state; an `accepted` answer then only fills in
+-- wamid and accepted_at, so delivery latency is known for it too.
 UPDATE ledger l
-SET state = r.state,
-    wamid = COALESCE(r.wamid, l.wamid),
-    error_code = COALESCE(r.code, CASE WHEN r.state IN ('accepted', 'pending') THEN NULL ELSE l.error_code END),
-    error_title = COALESCE(r.title, CASE WHEN r.state IN ('accepted', 'pending') THEN NULL ELSE l.error_title END),
+SET state = CASE WHEN l.state IN ('claimed', 'unknown') THEN r.state ELSE l.state END,
+    wamid = COALESCE(l.wamid, r.wamid),
+    error_code = CASE WHEN l.state NOT IN ('claimed', 'unknown') THEN l.error_code
+                      WHEN r.state IN ('accepted', 'pending') THEN r.code ELSE COALESCE(r.code, l.error_code) END,
+    error_title = CASE WHEN l.state NOT IN ('claimed', 'unknown') THEN l.error_title
+                       WHEN r.state IN ('accepted', 'pending') THEN r.title ELSE COALESCE(r.title, l.error_title) END,
     attempts = l.attempts + r.attempt_inc,
-    retry_at = r.retry_at,
+    retry_at = CASE WHEN l.state IN ('claimed', 'unknown') THEN r.retry_at ELSE l.retry_at END,
     skip_reason = COALESCE(r.skip_reason, l.skip_reason),
-    accepted_at = CASE WHEN r.state = 'accepted' THEN now() ELSE l.accepted_at END,
-    failed_at = CASE WHEN r.state = 'failed' THEN now() ELSE l.failed_at END,
+    accepted_at = CASE WHEN r.state = 'accepted' THEN COALESCE(l.accepted_at, now()) ELSE l.accepted_at END,
+    failed_at = CASE WHEN r.state = 'failed' AND l.state IN ('claimed', 'unknown') THEN now() ELSE l.failed_at END,
     unknown_resolution = CASE WHEN l.state = 'unknown' AND r.state = 'accepted' THEN 'late_answer'
                               ELSE l.unknown_resolution END,
     lease_until = NULL,
@@ -45,7 +48,11 @@ SET state = r.state,
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[],
             $7::timestamptz[], $8::text[], $10::text[])
      AS r(id, state, wamid, code, title, attempt_inc, retry_at, skip_reason, number)
-WHERE l.id = r.id AND l.lease_owner = $9 AND l.state IN ('claimed', 'unknown')
+WHERE l.id = r.id
+  AND ((l.lease_owner = $9 AND l.state IN ('claimed', 'unknown'))
+       -- moved on by a status (which dropped the lease): the same send, by wamid, fills accepted_at
+       OR (r.state = 'accepted' AND l.state IN ('sent', 'delivered', 'read', 'failed')
+           AND l.accepted_at IS NULL AND (l.wamid IS NULL OR l.wamid = r.wamid)))
 
 -- name: expire_leases
 -- Rows whose lease ran out while claimed may have been sent (the worker died mid-batch): they become
