@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	-scripts/ensure-promtool.sh >/dev/null 2>&1
+	-scripts/ensure-chromium.sh >/dev/null 2>&1
 	DATABASE_URL=$$(scripts/ensure-postgres.sh | sed 's#/[^/]*$$#/postgres#') $(BIN)/python -m pytest -q
 	DATABASE_URL=$$(scripts/ensure-postgres.sh | sed 's#/[^/]*$$#/postgres#') $(BIN)/python -m pytest -q -m slow; \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
