@@ -23,6 +23,8 @@ from broadcaster.config import Settings
 from broadcaster.db import Database, open_db
 from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
 from broadcaster.errors import BroadcasterError, ConfigError
+from broadcaster.health import GuardMonitor
+from broadcaster.inbox.slack import SlackConfig
 from broadcaster.ledger import LedgerStore
 from broadcaster.limits import PgTokenStore
 from broadcaster.numbers import TierUsage, sending_rate, tier_usage
@@ -75,6 +77,10 @@ class CampaignRunner:
         self._numbers: dict[str, _Number] = {}
         self._numbers_read_at = 0.0
         self._compiled: dict[int, tuple[Any, Campaign]] = {}
+        # health guards (opt-out / failure spikes): evaluated every few seconds from the claim cycle
+        self.guards = GuardMonitor(
+            db, slack=SlackConfig(settings.slack_webhook_url) if settings.slack_webhook_url else None,
+            default_number=settings.whatsapp_phone_number_id)
         self.dispatcher = Dispatcher(
             self.ledger, self._open_lane, campaigns=self._campaigns, owner=self.owner,
             config=options.dispatch, on_halt=self._on_halt, on_idle=self._on_idle)
@@ -126,9 +132,13 @@ class CampaignRunner:
     async def _campaigns(self) -> list[CampaignSlot]:
         await self._refresh_numbers()
         rows = await self.db.fetch(QUERIES["running_campaigns"])
+        # a campaign a guard pauses now is left out of this very claim
+        tripped = await self.guards.check([r["id"] for r in rows if self.options.only_campaign in (None, r["id"])])
         slots = []
         for r in rows:
             if self.options.only_campaign is not None and r["id"] != self.options.only_campaign:
+                continue
+            if r["id"] in tripped:
                 continue
             cached = self._compiled.get(r["id"])
             if cached is None:
@@ -218,6 +228,7 @@ class CampaignRunner:
                 await self.dispatcher.run(task_status=task_status)
             finally:
                 self.tokens.db = self.db
+                await self.guards.aclose()
 
     def stop(self) -> None:
         self.dispatcher.stop()

@@ -25,6 +25,7 @@ from segments.filters import compile_filter
 from templates import CompiledCampaign, PreflightError, compile_campaign
 
 FINAL_STATES = ("completed", "cancelled")
+GUARD_REASONS = ("optout_spike", "failure_spike")  # health guards: only `resume --force` overrides them
 
 
 class PreflightFailed(BroadcasterError):
@@ -226,15 +227,23 @@ async def pause_by_id(db: Database, campaign_id: int, *, reason: str, detail: di
     return row is not None
 
 
-async def resume(db: Database, name: str) -> Campaign:
-    """paused → running after pre-flight passes again. Continues with exactly the unsettled rows."""
+async def resume(db: Database, name: str, *, force: bool = False) -> Campaign:
+    """paused → running after pre-flight passes again. Continues with exactly the unsettled rows.
+
+    A campaign paused by a health guard (GUARD_REASONS) resumes only with `force` (a manager's
+    override); `force` also restarts the guards' window, so they count only what happens after it.
+    """
     campaign = await get_campaign(db, name)
     if campaign.state != "paused":
         raise StateError(f"campaign '{name}' is {campaign.state}, not paused: nothing to resume")
+    if campaign.pause_reason in GUARD_REASONS and not force:
+        raise StateError(f"campaign '{name}' was paused by the {campaign.pause_reason} guard (see `broadcaster "
+                         f"campaign status {name}`): a manager may override with `campaign resume {name} --force`")
     await compile_for(db, campaign)
     await db.execute(
         "UPDATE campaigns SET state = 'running', pause_reason = NULL, pause_detail = NULL,"
-        " updated_at = now() WHERE id = $1 AND state = 'paused'", campaign.id)
+        " guards_since = CASE WHEN $2 THEN now() ELSE guards_since END,"
+        " updated_at = now() WHERE id = $1 AND state = 'paused'", campaign.id, force)
     metrics.record_campaign_state("running")
     return await get_campaign(db, name)
 
