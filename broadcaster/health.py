@@ -168,7 +168,7 @@ class GuardTrip:
     detail: dict[str, Any]  # what campaign status shows: the numbers that tripped it, since, at
 
 
-def describe_pause(reason: str | None, detail: Mapping[str, Any] | None) -> str | None:
+def describe_pause(reason: str | None, detail: Mapping[str, Any] | None, campaign: str = "NAME") -> str | None:
     """One line for `campaign status` saying why a campaign is paused, from its pause_detail."""
     if not reason:
         return None
@@ -177,12 +177,12 @@ def describe_pause(reason: str | None, detail: Mapping[str, Any] | None) -> str 
         return (f"guard optout_spike: {d.get('opt_outs')} opt-outs ({d.get('stop_replies')} STOP replies + "
                 f"{d.get('failed_131050')} × 131050) in {d.get('attempts')} sends = {_pct(d.get('share'))} "
                 f"> {_pct(d.get('threshold'))} over {d.get('window_min')} min; a manager may override: "
-                "`campaign resume NAME --force`")
+                f"`campaign resume {campaign} --force`")
     if reason == "failure_spike":
         codes = ", ".join(f"{c}×{n}" for c, n in (d.get("codes") or {}).items())
         return (f"guard failure_spike: {d.get('failed')} failed in {d.get('attempts')} sends = "
                 f"{_pct(d.get('share'))} > {_pct(d.get('threshold'))} over {d.get('window_min')} min"
-                f"{f' ({codes})' if codes else ''}; a manager may override: `campaign resume NAME --force`")
+                f"{f' ({codes})' if codes else ''}; a manager may override: `campaign resume {campaign} --force`")
     if reason in ("template_paused", "template_disabled"):
         why = f", {d['reason']}" if d.get("reason") else ""
         then = ("resumes by itself when WhatsApp approves it again" if reason == "template_paused"
@@ -199,7 +199,7 @@ def _pct(share: object) -> str:
 
 def guard_alert(trip: GuardTrip) -> dict[str, Any]:
     """The Slack incoming-webhook body for a guard trip (text fallback + Block Kit). No phone numbers."""
-    line = describe_pause(trip.guard, trip.detail) or trip.guard
+    line = describe_pause(trip.guard, trip.detail, trip.campaign) or trip.guard
     title = {"optout_spike": "opt-out spike", "failure_spike": "failure spike"}.get(trip.guard, trip.guard)
     summary = f"Campaign {trip.campaign} ({trip.workspace}) paused: {title}"
     return {

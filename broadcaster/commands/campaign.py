@@ -15,6 +15,7 @@ from broadcaster import schedule as sched
 from broadcaster.campaign_run import CampaignRunner, RunOptions
 from broadcaster.commands.common import console, database, err_console, maybe_start_metrics, run, settings
 from broadcaster.dispatch import DispatchConfig
+from broadcaster.health import describe_pause
 from broadcaster.ledger import LedgerStore
 from broadcaster.report import campaign_report
 
@@ -165,12 +166,14 @@ def launch_cmd(
 
 @app.command("resume")
 def resume_cmd(name: str, detach: bool = typer.Option(False, "--detach"),
-               quiet: bool = typer.Option(False, "--quiet")) -> None:
+               quiet: bool = typer.Option(False, "--quiet"),
+               force: bool = typer.Option(False, "--force", help="override a health guard's pause "
+                                                                 "(optout_spike, failure_spike)")) -> None:
     """paused → running (pre-flight again); continues with exactly the unsettled recipients."""
 
     async def main() -> None:
         async with database(max_size=8) as db:
-            c = await camp.resume(db, name)
+            c = await camp.resume(db, name, force=force)
             console.print(f"campaign '{name}' is running again")
             if not detach:
                 await _drive(db, c.id, RunOptions(), quiet=quiet)
@@ -209,8 +212,11 @@ def status_cmd(name: str) -> None:
     async def main() -> None:
         async with database() as db:
             report = await campaign_report(db, name)
+            c = await camp.get_campaign(db, name)
         state = report["state"] + (f" ({report['pause_reason']})" if report["pause_reason"] else "")
         console.print(f"campaign {report['campaign']}: {state}, audience {report['audience']}")
+        if c.state == "paused":
+            console.print(f"paused: {describe_pause(c.pause_reason, c.pause_detail, c.name)}", markup=False)
         table = Table("state", "recipients")
         for key in ("pending", "claimed", "unknown", "accepted", "sent", "delivered", "read",
                     "failed", "skipped"):
