@@ -19,6 +19,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ import trio
 
 from broadcaster import metrics
 from broadcaster.classify import title_for
+from broadcaster.db import DatabaseUnavailable
 from broadcaster.errors import (
     CampaignHaltError,
     OutcomeUnknown,
@@ -44,6 +46,9 @@ from ratelimit import backoff_131056
 from templates import CompiledCampaign, Skip, build_message
 
 log = logging.getLogger("broadcaster.dispatch")
+
+DB_RETRY_BASE_S = 0.25  # Postgres unreachable: retry after 0.5, 1, 2, 4, 8, 10, 10 … s
+DB_RETRY_MAX_S = 10.0
 
 
 class LedgerPort(Protocol):
@@ -154,6 +159,7 @@ class Dispatcher:
         self.stats = DispatchStatistics()
         self._slots: dict[int, CampaignSlot] = {}
         self._stop = trio.Event()
+        self._last_sweep = -1e9
         self._flushed = trio.Event()  # set (and replaced) after every writer flush
         self.stay_idle = False  # a worker waits for campaigns; a foreground launch returns when none is left
 
@@ -179,56 +185,75 @@ class Dispatcher:
 
     async def _claimer(self, jobs: trio.MemorySendChannel[_Job],
                        outcomes: trio.MemorySendChannel[Outcome]) -> None:
+        """Claim, render and hand out rows until stopped (or, in the foreground, until no campaign
+        is left). Postgres going away pauses it: it retries with backoff and carries on."""
         async with jobs:
-            last_sweep = -1e9
+            outage = 0
             while not self._stop.is_set():
-                slots = await self.campaigns()
-                for s in slots:  # breaker state lives as long as the campaign stays in the list
-                    old = self._slots.get(s.id)
-                    if old is not None:
-                        s.active, s.halt_errors, s.halt_reported = old.active, old.halt_errors, old.halt_reported
-                self._slots = {s.id: s for s in slots}
-                active = [s.id for s in slots if s.active]
-                if not active:
-                    if not self.stay_idle:
-                        break
-                    with trio.move_on_after(self.cfg.idle_poll_s):
-                        await self._stop.wait()
-                    continue
-                now_t = trio.current_time()
-                if now_t - last_sweep >= self.cfg.lease_sweep_s:
-                    last_sweep = now_t
-                    await self.ledger.expire_leases(active)
-                # a campaign whose tier budget is held by rows in flight claims nothing this round
-                claimable = [s for s in slots if s.active and (s.claim_cap is None or s.claim_cap > 0)]
-                limit = min([self.cfg.batch_size, *(s.claim_cap for s in claimable if s.claim_cap is not None)])
-                t0 = trio.current_time()
-                rows = await self.ledger.claim_batch([s.id for s in claimable], limit, lease_s=self.cfg.lease_s,
-                                                     owner=self.owner)
-                metrics.observe_claim(trio.current_time() - t0)
-                self.stats.claimed += len(rows)
-                if not rows:
-                    if self.on_idle is not None:
-                        await self.on_idle(active)
-                    await self._wait_for_work()
-                    continue
-                handed = 0
                 try:
-                    for row in rows:
-                        slot = self._slots.get(row.campaign_id)
-                        job_or_outcome = self._render(slot, row)
-                        if isinstance(job_or_outcome, Outcome):
-                            await outcomes.send(job_or_outcome)
-                        else:
-                            await jobs.send(job_or_outcome)
-                        handed += 1
-                        if self._stop.is_set():
-                            break
-                finally:
-                    rest = [r.id for r in rows[handed:]]
-                    if rest:
-                        with trio.move_on_after(10, shield=True):
-                            await self.ledger.release_claims(rest, owner=self.owner)
+                    if not await self._claim_cycle(jobs, outcomes):
+                        return
+                    outage = 0
+                except DatabaseUnavailable as exc:
+                    outage += 1
+                    delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2 ** min(outage, 6))
+                    log.warning("claim_batch database unavailable (attempt %d), retrying in %.1fs: %s",
+                                outage, delay, exc)
+                    with trio.move_on_after(delay):
+                        await self._stop.wait()
+
+    async def _claim_cycle(self, jobs: trio.MemorySendChannel[_Job],
+                           outcomes: trio.MemorySendChannel[Outcome]) -> bool:
+        """One claim round trip and its hand-out. False when there is nothing left to run for."""
+        slots = await self.campaigns()
+        for s in slots:  # breaker state lives as long as the campaign stays in the list
+            old = self._slots.get(s.id)
+            if old is not None:
+                s.active, s.halt_errors, s.halt_reported = old.active, old.halt_errors, old.halt_reported
+        self._slots = {s.id: s for s in slots}
+        active = [s.id for s in slots if s.active]
+        if not active:
+            if not self.stay_idle:
+                return False
+            with trio.move_on_after(self.cfg.idle_poll_s):
+                await self._stop.wait()
+            return True
+        now_t = trio.current_time()
+        if now_t - self._last_sweep >= self.cfg.lease_sweep_s:
+            self._last_sweep = now_t
+            await self.ledger.expire_leases(active)
+        # a campaign whose tier budget is held by rows in flight claims nothing this round
+        claimable = [s for s in slots if s.active and (s.claim_cap is None or s.claim_cap > 0)]
+        limit = min([self.cfg.batch_size, *(s.claim_cap for s in claimable if s.claim_cap is not None)])
+        t0 = trio.current_time()
+        rows = await self.ledger.claim_batch([s.id for s in claimable], limit, lease_s=self.cfg.lease_s,
+                                             owner=self.owner)
+        metrics.observe_claim(trio.current_time() - t0)
+        self.stats.claimed += len(rows)
+        if not rows:
+            if self.on_idle is not None:
+                await self.on_idle(active)
+            await self._wait_for_work()
+            return True
+        handed = 0
+        try:
+            for row in rows:
+                slot = self._slots.get(row.campaign_id)
+                job_or_outcome = self._render(slot, row)
+                if isinstance(job_or_outcome, Outcome):
+                    await outcomes.send(job_or_outcome)
+                else:
+                    await jobs.send(job_or_outcome)
+                handed += 1
+                if self._stop.is_set():
+                    break
+        finally:
+            rest = [r.id for r in rows[handed:]]
+            if rest:
+                # if this fails too, the rows' lease runs out and they are settled as `unknown`
+                with trio.move_on_after(10, shield=True), contextlib.suppress(DatabaseUnavailable):
+                    await self.ledger.release_claims(rest, owner=self.owner)
+        return True
 
     async def _wait_for_work(self) -> None:
         """Nothing claimable: wake on our own writer's next flush (rows may have settled or been
@@ -349,12 +374,29 @@ class Dispatcher:
                             break
                 if buf:
                     batch, buf = buf, []
-                    with trio.CancelScope(shield=True):
-                        await self._flush(batch)
+                    await self._flush_until_written(batch)
                     self._flushed.set()
                     self._flushed = trio.Event()
                 if closed:
                     return
+
+    async def _flush_until_written(self, batch: list[Outcome]) -> None:
+        """Write a batch of outcomes; while Postgres is away, keep trying (lanes back up behind
+        the bounded channel, so sending pauses). Each attempt is shielded: cancellation cannot
+        half-write it; only a cancel during the wait between attempts abandons the batch (its
+        rows' leases then run out and they become `unknown`)."""
+        outage = 0
+        while True:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._flush(batch)
+                return
+            except DatabaseUnavailable as exc:
+                outage += 1
+                delay = min(DB_RETRY_MAX_S, DB_RETRY_BASE_S * 2 ** min(outage, 6))
+                log.warning("record_results database unavailable (attempt %d, %d outcomes held), "
+                            "retrying in %.1fs: %s", outage, len(batch), delay, exc)
+                await trio.sleep(delay)
 
     async def _flush(self, batch: list[Outcome]) -> None:
         halts: dict[int, Outcome] = {}

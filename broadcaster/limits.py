@@ -10,7 +10,11 @@ The arithmetic is `ratelimit.store_take`'s, on the server's clock:
 
 from __future__ import annotations
 
-from broadcaster.db import Database
+import logging
+
+from broadcaster.db import Database, DatabaseUnavailable
+
+log = logging.getLogger("broadcaster.limits")
 
 # One UPDATE: the row lock is taken once and held only for this statement.
 _TAKE = """
@@ -39,7 +43,15 @@ class PgTokenStore:
         self.calls = 0
 
     async def take_tokens(self, key: str, want: int, rate: float, burst: float) -> tuple[int, float]:
+        """Tokens granted now and seconds until more; with Postgres away: none, ask again in 1 s."""
         self.calls += 1
+        try:
+            return await self._take(key, want, rate, burst)
+        except DatabaseUnavailable as exc:
+            log.warning("take_tokens database unavailable, no tokens for 1 s: %s", exc)
+            return 0, 1.0
+
+    async def _take(self, key: str, want: int, rate: float, burst: float) -> tuple[int, float]:
         row = await self.db.fetchrow(_TAKE, key, int(want), float(rate), float(burst))
         if row is None:  # the bucket's first use: create it full, then take
             await self.db.execute(_CREATE, key, float(burst))

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import trio
 
+from broadcaster.db import DatabaseUnavailable
 from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
 from broadcaster.errors import (
     CampaignHaltError,
@@ -221,3 +222,30 @@ async def test_stop_records_in_flight_and_releases_the_rest(autojump_clock, stop
     assert "claimed" not in states, "no row is left claimed after a clean stop"
     assert states.get("accepted", 0) == len(log), "every request sent has its outcome recorded"
     assert states.get("accepted", 0) + states.get("pending", 0) == 200
+
+
+class FlakyLedger(MemoryLedger):
+    """Postgres away for the first few claim and write round trips."""
+
+    def __init__(self, n: int, *, claim_failures: int, write_failures: int) -> None:
+        super().__init__(n)
+        self.claim_failures, self.write_failures = claim_failures, write_failures
+
+    async def claim_batch(self, *args, **kw):
+        if self.claim_failures:
+            self.claim_failures -= 1
+            raise DatabaseUnavailable("database connection lost")
+        return await super().claim_batch(*args, **kw)
+
+    async def record_results(self, outcomes, *, owner):
+        if self.write_failures:
+            self.write_failures -= 1
+            raise DatabaseUnavailable("database connection lost")
+        return await super().record_results(outcomes, owner=owner)
+
+
+async def test_postgres_outage_pauses_then_carries_on_losing_nothing(autojump_clock) -> None:
+    ledger, log = FlakyLedger(60, claim_failures=3, write_failures=4), []
+    await make_dispatcher(ledger, accept, log).run()
+    assert ledger.states() == {"accepted": 60}, "every outcome written once Postgres is back"
+    assert len(log) == 60, "nobody sent twice"
