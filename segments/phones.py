@@ -4,7 +4,10 @@ Guarantees:
 - `normalize_phone` either returns digits (country code + national number) or raises
   `InvalidPhone` with a reason code; it never guesses (no digit padding, no letter mapping).
 - Accepted: numbers `phonenumbers` calls valid and of type MOBILE or FIXED_LINE_OR_MOBILE, for the
-  default region and for foreign numbers written with their country code. Fixed lines, toll-free,
+  default region and for foreign numbers written with their country code; and Indian numbers that
+  are valid with a 10-digit national number starting 6-9 (the mobile series), even where
+  libphonenumber's range data calls them fixed lines (it does for ~15% of real-looking creator
+  numbers; rejecting those would drop real people). Fixed lines (2-5…, 1…), toll-free,
   premium-rate and the like are rejected as `not_mobile`.
 - Letters are never accepted, even though libphonenumber would read `98765ABCDE` as a vanity
   number; extensions (`x12`) count as letters too.
@@ -192,9 +195,16 @@ def _india_types() -> _TypeMatcher:
     return _TypeMatcher("IN")
 
 
+def _indian_mobile_series(number: phonenumbers.PhoneNumber) -> bool:
+    national = str(number.national_number)
+    return number.country_code == 91 and len(national) == 10 and national[0] in "6789"
+
+
 def _check_type(number: phonenumbers.PhoneNumber, digits: str, kind: int | None = None) -> str:
     if kind is None:
         kind = phonenumbers.number_type(number)
+    if kind == PhoneNumberType.FIXED_LINE and _indian_mobile_series(number):
+        return digits
     if kind == PhoneNumberType.UNKNOWN:  # not valid for any region of its country code
         possible = phonenumbers.is_possible_number_with_reason(number)
         reason = _POSSIBLE_REASONS.get(possible, "invalid")

@@ -51,7 +51,8 @@ def _row(phone: str, ws: str, **kw: str) -> dict[str, str]:
 
 
 def _expected_number(raw: str) -> str | None:
-    """An independent reading of the acceptance rule: libphonenumber, valid, mobile, no letters."""
+    """An independent reading of the acceptance rule: libphonenumber, valid, mobile (or an Indian
+    10-digit 6-9 number libphonenumber calls a fixed line), no letters."""
     text = raw.strip()
     if not text or any(ch.isalpha() for ch in text):
         return None
@@ -59,7 +60,11 @@ def _expected_number(raw: str) -> str | None:
         number = phonenumbers.parse(text, "IN")
     except phonenumbers.NumberParseException:
         return None
-    if phonenumbers.number_type(number) not in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE):
+    kind = phonenumbers.number_type(number)
+    national = str(number.national_number)
+    indian_mobile_series = number.country_code == 91 and len(national) == 10 and national[0] in "6789"
+    if kind not in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE) and not (
+            kind == PhoneNumberType.FIXED_LINE and indian_mobile_series):
         return None
     return f"{number.country_code}{number.national_number}"
 

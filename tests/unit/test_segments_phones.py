@@ -86,7 +86,9 @@ def test_fast_path_agrees_with_libphonenumber() -> None:
 def test_fast_path_equals_full_parse(raw: str) -> None:
     number = phonenumbers.parse(raw, "IN")
     kind = phonenumbers.number_type(number)
-    accepted = kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+    accepted = kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE) or (
+        kind == phonenumbers.PhoneNumberType.FIXED_LINE and len(str(number.national_number)) == 10
+        and str(number.national_number)[0] in "6789")
     if accepted:
         assert normalize_phone(raw) == f"{number.country_code}{number.national_number}"
     else:
@@ -107,3 +109,10 @@ def test_any_text_is_normalised_or_rejected_never_crashes(raw: str) -> None:
 def test_mask_keeps_only_the_last_four_digits() -> None:
     assert mask_phone("919800000004") == "********0004"
     assert mask_phone("123") == "***"
+
+
+@pytest.mark.parametrize("raw", ["+917651676122", "+91 66723 26865", "+91 80234 48347"])
+def test_indian_mobile_series_accepted_where_libphonenumber_says_fixed_line(raw: str) -> None:
+    number = phonenumbers.parse(raw, "IN")
+    assert phonenumbers.number_type(number) == phonenumbers.PhoneNumberType.FIXED_LINE
+    assert normalize_phone(raw) == f"91{number.national_number}"
