@@ -26,11 +26,11 @@ from broadcaster.errors import BroadcasterError, ConfigError
 from broadcaster.health import GuardMonitor
 from broadcaster.inbox.slack import SlackConfig
 from broadcaster.ledger import LedgerStore
-from broadcaster.limits import PgTokenStore
+from broadcaster.limits import PgSlotStore
 from broadcaster.numbers import TierUsage, sending_rate, tier_usage
 from broadcaster.sql import QUERIES
 from broadcaster.transport import CloudApiTransport, TransportConfig
-from ratelimit import AimdController, SharedBucket
+from ratelimit import AimdController, PacedLimiter
 
 log = logging.getLogger("broadcaster.campaign_run")
 
@@ -49,11 +49,10 @@ class _Number:
 
     phone_number_id: str
     mps: float
-    bucket: SharedBucket
+    bucket: PacedLimiter
     aimd: AimdController
     transport: CloudApiTransport
     tier: int | None               # unique recipients per rolling 24 h; None = unlimited
-    burst: float = 1.0             # the bucket's burst; its rate is the AIMD rate minus this
     quality: str = "GREEN"         # WhatsApp's quality rating of the number (sender_numbers.quality)
 
 
@@ -72,7 +71,7 @@ class CampaignRunner:
         self.settings = settings
         self.options = options
         self.ledger = LedgerStore(db)
-        self.tokens = PgTokenStore(db)
+        self.slots = PgSlotStore(db)
         self.owner = worker_id()
         self._numbers: dict[str, _Number] = {}
         self._numbers_read_at = 0.0
@@ -100,14 +99,13 @@ class CampaignRunner:
             mps = float(self.options.mps_override or (row["mps"] if row else DEFAULT_MPS))
             tier = row["tier"] if row else None
             aimd = AimdController(ceiling=mps)
-            rate, burst = sending_rate(mps)  # no 1-s window at the provider exceeds the ceiling
-            # chunk: tokens per store round trip; the store keeps burst - chunk, so at least 1 is left
-            bucket = SharedBucket(self.tokens, f"mps:{pid}", rate=rate, burst=burst,
-                                  chunk=max(1, int(burst // 2)))
+            # workers share the number's rate as a schedule of send slots in Postgres: no 1-s
+            # window at the provider goes over the ceiling, whichever worker sends
+            bucket = PacedLimiter(self.slots, f"mps:{pid}", sending_rate(mps))
             transport = CloudApiTransport(
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
                 pid)
-            num = _Number(pid, mps, bucket, aimd, transport, tier, burst)
+            num = _Number(pid, mps, bucket, aimd, transport, tier)
             num.quality = row["quality"] if row else "GREEN"
             metrics.set_limiter_rate(pid, mps, mps)
             self._numbers[pid] = num
@@ -220,14 +218,14 @@ class CampaignRunner:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send until stopped (worker) or until no campaign is left (foreground launch)."""
-        # Token-bucket updates get their own small pool without synchronous commit: a bucket's state
-        # need not survive a Postgres crash, and a WAL flush per chunk of tokens would cost ~5 ms.
-        async with open_db(self.db.dsn, max_size=2, server_settings={"synchronous_commit": "off"}) as tokens_db:
-            self.tokens.db = tokens_db
+        # Slot reservations get their own small pool without synchronous commit: the schedule need not
+        # survive a Postgres crash, and a WAL flush per reservation would cost ~5 ms.
+        async with open_db(self.db.dsn, max_size=2, server_settings={"synchronous_commit": "off"}) as slots_db:
+            self.slots.db = slots_db
             try:
                 await self.dispatcher.run(task_status=task_status)
             finally:
-                self.tokens.db = self.db
+                self.slots.db = self.db
                 await self.guards.aclose()
 
     def stop(self) -> None:
@@ -245,7 +243,7 @@ class _AimdLimiter:
         hold = num.aimd.hold_until
         if hold is not None and hold > trio.current_time():
             await trio.sleep_until(hold)
-        rate = sending_rate(num.aimd.current_rate())[0]
+        rate = sending_rate(num.aimd.current_rate())
         if abs(rate - num.bucket.rate) > 1e-9:
             num.bucket.set_rate(rate)
             metrics.set_limiter_rate(num.phone_number_id, num.mps, rate)

@@ -65,7 +65,7 @@ class LanePort(Protocol):
 
 
 class RateLimiter(Protocol):
-    """The per-number messages/s budget (see ratelimit.SharedBucket)."""
+    """The per-number messages/s budget (see ratelimit.PacedLimiter)."""
 
     async def take(self, n: int = 1) -> None: ...
 

@@ -17,17 +17,16 @@ MAX_MPS = 1000
 TIER_NAMES = {"250": 250, "2k": 2000, "10k": 10_000, "100k": 100_000, "unlimited": None}
 
 
-BURST_SHARE = 0.03  # burst is 3% of the ceiling; the steady rate is the other 97%
+SAFETY_SHARE = 0.99  # send at 99% of the ceiling: arrival jitter must not push a 1-s window over it
 
 
-def sending_rate(mps: float) -> tuple[float, float]:
-    """(bucket rate, burst) that keep every 1-s window at the provider at or under `mps`.
+def sending_rate(mps: float) -> float:
+    """The paced rate for a number whose ceiling is `mps`: 80 → 79.2, 200 → 198, 1000 → 990.
 
-    rate + burst = mps (a full bucket spends its burst once, then refills at `rate`), burst 3%:
-    80 → (77.6, 2), 200 → (194, 6), 1000 → (970, 30). The send plan's ETA uses the same rate.
+    Workers share it as a schedule of send slots (ratelimit.PacedLimiter), so there is no burst;
+    the send plan's ETA uses the same rate.
     """
-    burst = max(1.0, round(BURST_SHARE * mps))
-    return max(0.5, mps - burst), burst
+    return max(0.5, SAFETY_SHARE * mps)
 
 
 @dataclass(frozen=True)

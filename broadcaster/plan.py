@@ -237,7 +237,7 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
         start = max(now, slot) if slot else now
     new_recipients = to_send if new is None else new
     # the engine's real sending rate (just under the ceiling), so the ETA matches the run
-    eta = estimate(to_send=to_send, new_recipients=new_recipients, mps=sending_rate(mps)[0], tier_limit=tier,
+    eta = estimate(to_send=to_send, new_recipients=new_recipients, mps=sending_rate(mps), tier_limit=tier,
                    tier_remaining=remaining, oldest_in_window=usage.oldest_at if usage else None, start=start)
     return SendPlan(
         campaign=campaign.name, state=campaign.state, template=campaign.template_name, category=category,

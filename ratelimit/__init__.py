@@ -17,6 +17,7 @@ One module per budget (architecture.md, "Rate limiting"):
 from .aimd import AimdController, AimdStatistics
 from .bucket import BucketStatistics, Limiter, TokenBucket
 from .errors import RateLimitConfigError, RateLimitError, TokenStoreError
+from .paced import MemorySlotStore, PacedLimiter, PacedStatistics, SlotStore, reserve_slots
 from .pair import BACKOFF_131056_CAP_S, PairSpacing, PairStatistics, backoff_131056
 from .shared import (
     MemoryTokenStore,
@@ -43,13 +44,17 @@ __all__ = [
     "AimdStatistics",
     "BucketStatistics",
     "Limiter",
+    "MemorySlotStore",
     "MemoryTokenStore",
+    "PacedLimiter",
+    "PacedStatistics",
     "PairSpacing",
     "PairStatistics",
     "RateLimitConfigError",
     "RateLimitError",
     "SharedBucket",
     "SharedBucketStatistics",
+    "SlotStore",
     "TierExhausted",
     "TokenBucket",
     "TokenStore",
@@ -57,6 +62,7 @@ __all__ = [
     "auto_chunk",
     "backoff_131056",
     "require_tier_budget",
+    "reserve_slots",
     "store_take",
     "tier_from_api",
     "tier_remaining",

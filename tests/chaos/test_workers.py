@@ -168,3 +168,81 @@ def test_two_launchers_at_once_one_runs_the_other_says_already_running(db_url: s
                        " WHERE c.name = $1", name)
     assert len(ours) == 500
     assert all(recipients.get(r["wa_id"]) == 1 for r in ours), "one request per recipient"
+
+
+def test_sigterm_stops_cleanly_and_a_restart_completes(db_url: str, uniq: str, tmp_path: Path) -> None:
+    """SIGTERM mid-campaign: the worker stops claiming, records in-flight outcomes, exits 0 and
+    leaves no row claimed; a new worker finishes the rest; nobody is sent twice."""
+    import signal as _signal
+
+    number = f"7{random.randint(10**13, 10**14 - 1)}"
+    sandbox = Sandbox("--mps", "0")
+    try:
+        name = make_campaign(db_url, uniq, 1500, number, mps=150)
+        env = base_env(db_url, sandbox.base_url, number)
+        assert run_cli(env, "campaign", "launch", name, "--detach").returncode == 0
+        worker = Cli(env, "worker", "--lanes", "8", log=tmp_path / "w.log")
+        assert wait_until(lambda: sandbox.stats()["accepted"] > 300, 60)
+        worker.proc.send_signal(_signal.SIGTERM)
+        code = worker.proc.wait(30)
+        mid = ledger_states(db_url, name)
+        worker = Cli(env, "worker", "--lanes", "8", log=tmp_path / "w.log")
+        done = wait_until(lambda: ledger_states(db_url, name).get("accepted", 0) == 1500, 120)
+        worker.stop()
+        recipients = sandbox.recipients()
+    finally:
+        sandbox.stop()
+    print(f"\nSIGTERM: exit {code}, states after stop {mid}, provider duplicates "
+          f"{sum(1 for n in recipients.values() if n > 1)}")
+    assert code == 0
+    assert mid.get("claimed", 0) == 0 and mid.get("unknown", 0) == 0, mid
+    assert done, ledger_states(db_url, name)
+    assert all(n == 1 for n in recipients.values())
+
+
+def _local_cluster() -> str | None:
+    import shutil
+    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
+        return None
+    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
+    return versions[-1] if versions else None
+
+
+def test_postgres_restart_mid_campaign_worker_reconnects_nothing_lost(db_url: str, uniq: str,
+                                                                    tmp_path: Path) -> None:
+    """The cluster is stopped and started under a sending worker: it pauses, reconnects and
+    finishes; every recipient accepted exactly once."""
+    import subprocess
+
+    version = _local_cluster()
+    if version is None or "127.0.0.1:5432" not in db_url:
+        pytest.skip("needs the machine's own cluster on 127.0.0.1:5432 (pg_ctlcluster) to restart it")
+    number = f"7{random.randint(10**13, 10**14 - 1)}"
+    sandbox = Sandbox("--mps", "0")
+    worker = None
+    try:
+        name = make_campaign(db_url, uniq, 2000, number, mps=200)
+        env = base_env(db_url, sandbox.base_url, number)
+        assert run_cli(env, "campaign", "launch", name, "--detach").returncode == 0
+        worker = Cli(env, "worker", "--lanes", "8", log=tmp_path / "w.log")
+        assert wait_until(lambda: sandbox.stats()["accepted"] > 400, 60)
+        ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+        subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True, timeout=60)
+        during = sandbox.stats()["accepted"]
+        time.sleep(3)
+        subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=60)
+        done = wait_until(lambda: ledger_states(db_url, name).get("accepted", 0) == 2000, 180, step=1.0)
+        code = worker.stop()
+        recipients = sandbox.recipients()
+    finally:
+        if worker is not None:
+            worker.stop()
+        sandbox.stop()
+    states = ledger_states(db_url, name)
+    dupes = sum(1 for n in recipients.values() if n > 1)
+    print(f"\npostgres restart: accepted when stopped {during}, final {states}, provider duplicates {dupes}, "
+          f"worker exit {code}")
+    assert done, states
+    assert dupes == 0
+    assert code == 0
+    assert "database unavailable" in (tmp_path / "w.log").read_text()

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from broadcaster.segment_store import create_segment
-
 from broadcaster.campaign_run import CampaignRunner, RunOptions
 from broadcaster.campaigns import Campaign, create_campaign, launch
 from broadcaster.config import Settings
 from broadcaster.db import Database
 from broadcaster.dispatch import DispatchConfig
+from broadcaster.segment_store import create_segment
 from broadcaster.template_store import import_templates
 from segments.filters import SegmentFilter
 
