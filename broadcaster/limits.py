@@ -1,11 +1,10 @@
-"""The engine side of rate limiting: the Postgres-backed token store shared by every worker.
+"""The engine side of rate limiting: the Postgres store of each number's send schedule.
 
-`PgTokenStore.take_tokens` is one round trip per chunk of tokens (never per message); the bucket
-state lives in `rate_buckets`, so every worker process on every host shares one budget per number.
-The arithmetic is `ratelimit.store_take`'s, on the server's clock:
-
-    tokens  = min(burst, tokens + rate · elapsed);  granted = min(want, floor(tokens))
-    wait_s  = 0 if tokens - granted >= 1 else (1 - (tokens - granted)) / rate
+`PgSlotStore.reserve` is one round trip per reservation of ~50 ms of send slots (never per
+message); the schedule (`rate_slots.tat`) lives in Postgres, so every worker process on every
+host shares one rate per number. The arithmetic is `ratelimit.reserve_slots`', on the server's
+clock. (Migration 0003's `rate_buckets`/`take_tokens` served the earlier token-bucket store and is
+no longer used.)
 """
 
 from __future__ import annotations
@@ -15,51 +14,6 @@ import logging
 from broadcaster.db import Database, DatabaseUnavailable
 
 log = logging.getLogger("broadcaster.limits")
-
-# One UPDATE: the row lock is taken once and held only for this statement.
-_TAKE = """
-WITH cur AS (
-    SELECT key, LEAST($4::float8, tokens + $3::float8 * GREATEST(0, extract(epoch FROM clock_timestamp() - updated_at)))
-           AS avail, clock_timestamp() AS ts
-    FROM rate_buckets WHERE key = $1 FOR UPDATE
-)
-UPDATE rate_buckets b
-SET tokens = cur.avail - LEAST($2::int, floor(cur.avail)), updated_at = cur.ts
-FROM cur WHERE b.key = cur.key
-RETURNING LEAST($2::int, floor(cur.avail))::int AS granted, b.tokens AS after
-"""
-
-_CREATE = """
-INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, clock_timestamp())
-ON CONFLICT (key) DO NOTHING
-"""
-
-
-class PgTokenStore:
-    """ratelimit.TokenStore over Postgres."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.calls = 0
-
-    async def take_tokens(self, key: str, want: int, rate: float, burst: float) -> tuple[int, float]:
-        """Tokens granted now and seconds until more; with Postgres away: none, ask again in 1 s."""
-        self.calls += 1
-        try:
-            return await self._take(key, want, rate, burst)
-        except DatabaseUnavailable as exc:
-            log.warning("take_tokens database unavailable, no tokens for 1 s: %s", exc)
-            return 0, 1.0
-
-    async def _take(self, key: str, want: int, rate: float, burst: float) -> tuple[int, float]:
-        row = await self.db.fetchrow(_TAKE, key, int(want), float(rate), float(burst))
-        if row is None:  # the bucket's first use: create it full, then take
-            await self.db.execute(_CREATE, key, float(burst))
-            row = await self.db.fetchrow(_TAKE, key, int(want), float(rate), float(burst))
-            assert row is not None
-        after = float(row["after"])
-        return int(row["granted"]), 0.0 if after >= 1 else (1 - after) / rate
-
 
 # One UPDATE per reservation: ratelimit.reserve_slots on the server's clock.
 _RESERVE = """
