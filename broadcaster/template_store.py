@@ -115,7 +115,7 @@ async def fetch_remote_templates(settings: Settings, *, page_limit: int = 100) -
     out: list[Template] = []
     retrying = tenacity.AsyncRetrying(
         sleep=trio.sleep, reraise=True, stop=tenacity.stop_after_attempt(4),
-        wait=tenacity.wait_exponential_jitter(initial=0.5, max=8),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=8),
         retry=tenacity.retry_if_exception_type((httpx.TransportError, _SyncHttpError)),
     )
     async with httpx.AsyncClient(timeout=20.0, headers=headers) as client:

@@ -44,7 +44,6 @@ def failed_by_code(before: dict, after: dict) -> dict[int, int]:
     return out
 
 
-@pytest.mark.xfail(reason="wiring pending: the dispatcher does not call metrics.record_send yet", strict=False)
 async def test_scraped_counters_equal_the_ledger(db: Database, db_url: str, sandbox: object, uniq: str,
                                                  phone_factory) -> None:
     from tests.integration.factories import campaign_for, run_campaign, settings_for
