@@ -61,6 +61,7 @@ class RunOptions:
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     mps_override: float | None = None   # e.g. benchmarks with the limiter opened wide
     only_campaign: int | None = None    # foreground launch: this campaign only, stop when it stops
+    read_timeout_s: float = 15.0        # past this an answer is given up on and the row is `unknown`
 
 
 class CampaignRunner:
@@ -103,7 +104,8 @@ class CampaignRunner:
             # window at the provider goes over the ceiling, whichever worker sends
             bucket = PacedLimiter(self.slots, f"mps:{pid}", sending_rate(mps))
             transport = CloudApiTransport(
-                TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token),
+                TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token,
+                                read_timeout_s=self.options.read_timeout_s),
                 pid)
             num = _Number(pid, mps, bucket, aimd, transport, tier)
             num.quality = row["quality"] if row else "GREEN"
