@@ -474,7 +474,7 @@ async def enforce(db: Database, trip: GuardTrip) -> bool:
     metrics.record_circuit_breaker_trip(trip.guard)
     metrics.record_campaign_state("paused")
     logger.warning("guard %s paused campaign=%s workspace=%s: %s", trip.guard, trip.campaign, trip.workspace,
-                   describe_pause(trip.guard, trip.detail))
+                   describe_pause(trip.guard, trip.detail, trip.campaign))
     return True
 
 

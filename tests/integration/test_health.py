@@ -356,3 +356,42 @@ def test_guards_cli_show_set_and_status_line(db_url: str, uniq: str) -> None:
     assert bad.exit_code == 2 and bad.output.startswith("error: --optout-share 'lots': expected a share")
     missing = cli.invoke(app, ["guards", "set", "-w", f"nope_{uniq}", "--min-sample", "5"])
     assert missing.exit_code == 1 and missing.output.startswith(f"error: workspace 'nope_{uniq}' does not exist")
+
+
+def test_campaign_status_says_which_guard_and_resume_needs_force(db_url: str, uniq: str, phone_factory: Any) -> None:
+    from broadcaster.commands.campaign import app
+    from broadcaster.db import open_db
+
+    phones = [phone_factory() for _ in range(150)]
+
+    async def trip() -> Campaign:
+        async with open_db(db_url, max_size=2) as db:
+            c = await running(db, uniq, phones, language="hi")
+            await health.set_guards(db, c.workspace, min_sample=100)
+            await seed_window(db, c, accepted=120, stops=4)
+            [t] = await health.check_guards(db, [c.id], default_number=NUMBER)
+            assert await health.enforce(db, t)
+            return c
+
+    async def cleanup(c: Campaign) -> None:
+        async with open_db(db_url, max_size=1) as db:
+            await finish(db, c)
+
+    c = trio.run(trip)
+    try:
+        cli = CliRunner()
+        status = cli.invoke(app, ["status", c.name], terminal_width=300)
+        assert status.exit_code == 0, status.output
+        text = " ".join(status.output.split())  # the console wraps long lines
+        assert f"campaign {c.name}: paused (optout_spike)" in text
+        assert ("paused: guard optout_spike: 4 opt-outs (4 STOP replies + 0 × 131050) in 120 sends = 3.3 % > 2.0 % "
+                f"over 10.0 min; a manager may override: `campaign resume {c.name} --force`") in text
+        refused = cli.invoke(app, ["resume", c.name, "--detach"])
+        assert refused.exit_code == 1
+        assert " ".join(refused.output.split()).startswith(
+            f"error: campaign '{c.name}' was paused by the optout_spike guard")
+        forced = cli.invoke(app, ["resume", c.name, "--detach", "--force"])
+        assert forced.exit_code == 0, forced.output
+        assert f"campaign '{c.name}' is running again" in forced.output
+    finally:
+        trio.run(cleanup, c)
