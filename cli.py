@@ -13,6 +13,7 @@ from broadcaster.commands import (
     contacts,
     db,
     demo,
+    health,
     inbound,
     inbox,
     numbers,
@@ -48,6 +49,7 @@ app.add_typer(inbound.app, name="inbound")
 app.add_typer(inbox.inbox_app, name="inbox")
 app.add_typer(inbox.agents_app, name="agents")
 app.add_typer(inbox.teams_app, name="teams")
+app.add_typer(health.app, name="health")
 app.command("worker")(campaign.worker_cmd)
 app.command("sandbox")(demo.sandbox_cmd)
 app.command("demo")(demo.demo_cmd)

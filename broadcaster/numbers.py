@@ -83,7 +83,13 @@ async def set_number(db: Database, phone_number_id: str, *, mps: int | None = No
     await get_number(db, phone_number_id)
     if mps is not None:
         check_mps(mps)
-        await db.execute("UPDATE sender_numbers SET mps = $2 WHERE phone_number_id = $1", phone_number_id, mps)
+        from broadcaster.health import mps_for_quality
+
+        # the configured ceiling; while WhatsApp rates the number down, the rate in use stays lower
+        await db.execute(
+            "UPDATE sender_numbers SET mps_ceiling = CASE WHEN mps_ceiling IS NULL THEN NULL ELSE $2 END,"
+            " mps = CASE WHEN mps_ceiling IS NULL THEN $2 ELSE $3 END WHERE phone_number_id = $1",
+            phone_number_id, mps, mps_for_quality(mps, (await get_number(db, phone_number_id)).quality))
     if tier != "keep":
         await db.execute("UPDATE sender_numbers SET tier = $2 WHERE phone_number_id = $1", phone_number_id, tier)
     return await get_number(db, phone_number_id)

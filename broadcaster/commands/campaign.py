@@ -292,6 +292,11 @@ def worker_cmd(lanes: int = typer.Option(32, "--lanes", help="concurrent sender 
                     from broadcaster.metrics import run_campaign_gauges
 
                     nursery.start_soon(run_campaign_gauges, db)
+                if settings().slack_webhook_url:  # health alerts (template pauses, guard trips) to Slack
+                    from broadcaster.health import run_alert_sender
+                    from broadcaster.inbox.slack import SlackConfig
+
+                    nursery.start_soon(run_alert_sender, db, SlackConfig(settings().slack_webhook_url))
                 console.print(f"worker {runner.owner} started; Ctrl-C stops it cleanly")
                 await runner.run()
                 nursery.cancel_scope.cancel()

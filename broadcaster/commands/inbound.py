@@ -45,4 +45,9 @@ async def _serve(host: str, port: int) -> None:
     async with database(max_size=DB_POOL_SIZE) as db, trio.open_nursery() as nursery:
         bound = await nursery.start(serve_inbound, db, config, host, port)
         await nursery.start(run_inbox_worker, db, config)  # rule answers and Slack escalations
+        if config.slack_webhook_url:  # health alerts: template paused by WhatsApp, guard trips
+            from broadcaster.health import run_alert_sender
+            from broadcaster.inbox.slack import SlackConfig
+
+            await nursery.start(run_alert_sender, db, SlackConfig(config.slack_webhook_url))
         console.print(f"inbound: receiving webhooks on http://{host}:{bound}{WEBHOOK_PATH} (Ctrl-C stops)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 

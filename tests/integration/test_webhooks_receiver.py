@@ -174,8 +174,10 @@ async def test_callback_data_moves_a_claimed_row_forward_and_the_late_response_d
     moved = (await ledger_rows(db, seeded.campaign_id))[row.id]
     assert (moved["state"], moved["wamid"], moved["lease_owner"]) == ("read", row.wamid, None)
     assert moved["delivered_at"] == moved["read_at"] == at(T0 + 9)  # read implies delivered
-    assert await LedgerStore(db).record_results([Outcome(row.id, "accepted", wamid=row.wamid)], owner="w1") == 0
+    # the late send response does not undo the webhook; it only fills in when it was accepted
+    assert await LedgerStore(db).record_results([Outcome(row.id, "accepted", wamid=row.wamid)], owner="w1") == 1
     assert (await ledger_rows(db, seeded.campaign_id))[row.id]["state"] == "read"
+    assert await db.fetchval("SELECT accepted_at FROM ledger WHERE id = $1", row.id) is not None
 
 
 async def test_unknown_send_is_settled_by_callback_data(db: Database, uniq: str) -> None:
