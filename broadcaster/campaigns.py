@@ -136,6 +136,19 @@ async def create_campaign(db: Database, name: str, *, segment: str, template: st
     return _campaign(row)
 
 
+def skip_reason_sql(marketing_param: int, cap_param: int) -> str:
+    """Why contact `c` is skipped before any send (NULL: sendable) — one rule for every freeze.
+
+    Blocked contacts always; for a MARKETING template (`$marketing_param`), opted-out contacts and
+    contacts that already got `$cap_param` marketing messages in the last 24 h (NULL: no cap).
+    """
+    m, cap = f"${marketing_param}::boolean", f"${cap_param}::integer"
+    return (f"CASE WHEN c.status = 'blocked' THEN 'blocked'"
+            f" WHEN {m} AND NOT c.marketing_opt_in THEN 'opted_out'"
+            f" WHEN {m} AND {cap} IS NOT NULL AND (SELECT count(*) FROM ledger l2 WHERE l2.contact_id = c.id"
+            f" AND l2.accepted_at > now() - interval '24 hours') >= {cap} THEN 'frequency_cap' END")
+
+
 async def freeze_audience(conn: Connection, campaign: Campaign, compiled: CompiledCampaign,
                           *, marketing: bool) -> int:
     """Write one ledger row per segment member, inside Postgres (one INSERT … SELECT).
@@ -159,14 +172,7 @@ async def freeze_audience(conn: Connection, campaign: Campaign, compiled: Compil
                CASE WHEN s.reason IS NULL THEN 'pending' ELSE 'skipped' END, s.reason
         FROM contacts c
         LEFT JOIN unnest($3::text[], $4::text[]) AS m(src, chosen) ON m.src = c.language
-        CROSS JOIN LATERAL (SELECT CASE
-            WHEN c.status = 'blocked' THEN 'blocked'
-            WHEN $5::boolean AND NOT c.marketing_opt_in THEN 'opted_out'
-            WHEN $5::boolean AND $6::integer IS NOT NULL
-                 AND (SELECT count(*) FROM ledger l2 WHERE l2.contact_id = c.id
-                      AND l2.accepted_at > now() - interval '24 hours') >= $6::integer
-                 THEN 'frequency_cap'
-            END AS reason) s
+        CROSS JOIN LATERAL (SELECT {skip_reason_sql(5, 6)} AS reason) s
         WHERE {where}
         ON CONFLICT (campaign_id, wa_id) DO NOTHING
         """,

@@ -37,7 +37,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 import trio
 
-from broadcaster.campaigns import Campaign, compile_for, create_campaign, get_campaign, get_campaign_by_id, launch
+from broadcaster.campaigns import (
+    Campaign,
+    compile_for,
+    create_campaign,
+    get_campaign,
+    get_campaign_by_id,
+    launch,
+    skip_reason_sql,
+)
 from broadcaster.cron import Cron, parse_cron
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError, NotFoundError, StateError, UsageError
@@ -503,19 +511,12 @@ async def create_retry(db: Database, name: str, codes: list[int], *, new_name: s
             follow.id, orjson.dumps(detail).decode())
         cap = await conn.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", source.workspace)
         await conn.execute(
-            """
+            f"""
             INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, skip_reason)
             SELECT $1, l.contact_id, l.wa_id, l.language,
                    CASE WHEN s.reason IS NULL THEN 'pending' ELSE 'skipped' END, s.reason
             FROM ledger l JOIN contacts c ON c.id = l.contact_id
-            CROSS JOIN LATERAL (SELECT CASE
-                WHEN c.status = 'blocked' THEN 'blocked'
-                WHEN $4::boolean AND NOT c.marketing_opt_in THEN 'opted_out'
-                WHEN $4::boolean AND $5::integer IS NOT NULL
-                     AND (SELECT count(*) FROM ledger l2 WHERE l2.contact_id = c.id
-                          AND l2.accepted_at > now() - interval '24 hours') >= $5::integer
-                     THEN 'frequency_cap'
-                END AS reason) s
+            CROSS JOIN LATERAL (SELECT {skip_reason_sql(4, 5)} AS reason) s
             WHERE l.campaign_id = $2 AND l.state = 'failed' AND l.error_code = ANY($3::int[])
             ON CONFLICT (campaign_id, wa_id) DO NOTHING
             """,
