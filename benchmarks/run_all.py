@@ -51,6 +51,25 @@ def suites(quick: bool) -> list[tuple[str, list[str]]]:
     ]
 
 
+def _clip(text: str, head: int = 4000, tail: int = 6000) -> str:
+    """Long outputs keep their start (the tables) and their end (the verdicts)."""
+    if len(text) <= head + tail:
+        return text
+    return text[:head] + "\n[… cut …]\n" + text[-tail:]
+
+
+def _merge(old: str, new: str) -> str:
+    """Sections (`## title`) of `new` replace those of `old`; the header is `new`'s."""
+    def sections(text: str) -> tuple[str, dict[str, str]]:
+        parts = text.split("\n## ")
+        return parts[0], {p.split("\n", 1)[0]: "## " + p for p in parts[1:]}
+
+    _, old_parts = sections(old)
+    head, new_parts = sections(new)
+    merged = {**old_parts, **new_parts}
+    return "\n".join([head, *merged.values()])
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -81,14 +100,18 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
         took = time.perf_counter() - t0
-        print(proc.stdout[-6000:])
+        print(_clip(proc.stdout))
         if proc.returncode != 0:
             failed.append(title)
             print(proc.stderr[-3000:], file=sys.stderr)
         out.append(f"## {title}\n\n`python {' '.join(cmd)}` ({took:.0f} s"
                    f"{', FAILED: ' + proc.stderr.strip().splitlines()[-1] if proc.returncode else ''})\n")
-        out.append("```\n" + proc.stdout.strip()[-6000:] + "\n```\n")
-    (ROOT / "benchmarks" / "RESULTS.md").write_text("\n".join(out), encoding="utf-8")
+        out.append("```\n" + _clip(proc.stdout.strip()) + "\n```\n")
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    text = "\n".join(out)
+    if args.only and results.exists():  # replace just the suites run now, keep the others
+        text = _merge(results.read_text(encoding="utf-8"), text)
+    results.write_text(text, encoding="utf-8")
     print(f"\nwrote benchmarks/RESULTS.md{'; failed: ' + ', '.join(failed) if failed else ''}")
     sys.exit(1 if failed else 0)
 

@@ -36,6 +36,20 @@ log = logging.getLogger("broadcaster.campaign_run")
 
 DEFAULT_MPS = 80
 NUMBERS_REFRESH_S = 5.0  # a worker re-reads its numbers' mps/tier/quality this often
+MAX_PACED_MPS = 10_000   # above this (benchmarks' "limiter open") nothing is paced at all
+
+
+class _OpenLimiter:
+    """No limit: benchmarks and tests that open the limiter wide (a real number is ≤ 1,000/s)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+
+    def set_rate(self, rate: float) -> None:
+        self.rate = rate
+
+    async def take(self, n: int = 1) -> None:
+        await trio.lowlevel.checkpoint()
 
 
 def worker_id() -> str:
@@ -49,7 +63,7 @@ class _Number:
 
     phone_number_id: str
     mps: float
-    bucket: PacedLimiter
+    bucket: PacedLimiter | _OpenLimiter
     aimd: AimdController
     transport: CloudApiTransport
     tier: int | None               # unique recipients per rolling 24 h; None = unlimited
@@ -102,7 +116,9 @@ class CampaignRunner:
             aimd = AimdController(ceiling=mps)
             # workers share the number's rate as a schedule of send slots in Postgres: no 1-s
             # window at the provider goes over the ceiling, whichever worker sends
-            bucket = PacedLimiter(self.slots, f"mps:{pid}", sending_rate(mps))
+            bucket: PacedLimiter | _OpenLimiter = (
+                PacedLimiter(self.slots, f"mps:{pid}", sending_rate(mps)) if mps <= MAX_PACED_MPS
+                else _OpenLimiter(mps))
             transport = CloudApiTransport(
                 TransportConfig(api_url=self.settings.whatsapp_api_url, token=self.settings.whatsapp_token,
                                 read_timeout_s=self.options.read_timeout_s),
@@ -208,7 +224,8 @@ class CampaignRunner:
                         usage.limit, usage.reached, detail["resume_at"])
 
     async def _on_halt(self, campaign_id: int, code: int | None, title: str) -> None:
-        if await pause_by_id(self.db, campaign_id, reason=f"circuit_breaker:{code}",
+        reason = f"circuit_breaker:{code if code is not None else 'unreachable'}"
+        if await pause_by_id(self.db, campaign_id, reason=reason,
                              detail={"code": code, "title": title}):
             metrics.record_campaign_state("paused")
 

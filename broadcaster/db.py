@@ -30,7 +30,8 @@ Record = asyncpg.Record
 
 RELEASE_TIMEOUT_S = 10.0  # a release that takes longer than this is abandoned, not awaited forever
 
-_TRANSLATE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ConnectionError)
+# InternalClientError: asyncpg's protocol state broken by a dropped connection (seen on a restart)
+_TRANSLATE = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, ConnectionError)
 
 
 def _translate(exc: BaseException, sql: str | None = None) -> DatabaseError:
@@ -39,7 +40,8 @@ def _translate(exc: BaseException, sql: str | None = None) -> DatabaseError:
         return UniqueViolation(f"duplicate key: {exc.detail or exc}{where}")
     if isinstance(exc, OSError | ConnectionError | asyncpg.CannotConnectNowError):
         return DatabaseUnavailable(f"database unreachable: {exc}{where}")
-    if isinstance(exc, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError):
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError | asyncpg.InternalClientError
+                  | asyncpg.AdminShutdownError | asyncpg.CannotConnectNowError):
         return DatabaseUnavailable(f"database connection lost: {exc}{where}")
     return DatabaseError(f"database error: {exc}{where}")
 

@@ -36,6 +36,7 @@ from broadcaster.errors import (
     CampaignHaltError,
     OutcomeUnknown,
     PermanentSendError,
+    ProviderUnreachable,
     ThrottledError,
     TransientSendError,
 )
@@ -83,6 +84,7 @@ class DispatchConfig:
     idle_poll_s: float = 0.5         # with nothing to claim, look again after this (other processes add work)
     lease_sweep_s: float = 5.0       # how often expired leases and the unknown grace policy are applied
     halt_threshold: int = 3          # campaign-level errors before the circuit breaker pauses it
+    unreachable_threshold: int = 20  # connect failures in a row before the breaker pauses it
 
     def __post_init__(self) -> None:
         for name in ("lanes", "batch_size", "max_attempts", "halt_threshold"):
@@ -119,6 +121,7 @@ class CampaignSlot:
     active: bool = True
     halt_errors: int = 0
     halt_reported: bool = False
+    unreachable: int = 0            # connect failures in a row (reset by any accepted send)
 
 
 @dataclass
@@ -166,6 +169,11 @@ class Dispatcher:
     def stop(self) -> None:
         """Request a clean stop: no new claims; in-flight work is finished and recorded."""
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` was called."""
+        return self._stop.is_set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped, or until no campaign is left to send for. Never loses an outcome."""
@@ -338,6 +346,14 @@ class Dispatcher:
             else:
                 slot.on_throttle(exc.retry_after)
             return Outcome(row.id, "pending", campaign_id=row.campaign_id, retry_at=now + timedelta(seconds=wait))
+        except ProviderUnreachable as exc:
+            # nothing left this host: no attempt spent; a run of these means the API is unreachable
+            slot.unreachable += 1
+            if slot.unreachable >= self.cfg.unreachable_threshold:
+                slot.active = False  # the other lanes stop now; the writer pauses the campaign
+                return Outcome(row.id, "halt", campaign_id=row.campaign_id, title=exc.title)
+            return Outcome(row.id, "pending", campaign_id=row.campaign_id, title=exc.title,
+                           retry_at=transient_retry_at(now, 1, self.cfg, self.rng))
         except TransientSendError as exc:
             attempt = row.attempts + 1
             if attempt >= self.cfg.max_attempts:
@@ -358,6 +374,7 @@ class Dispatcher:
         except trio.Cancelled:
             raise
         slot.on_success()
+        slot.unreachable = 0
         return Outcome(row.id, "accepted", campaign_id=row.campaign_id, wamid=result.wamid, attempt_inc=1,
                        number=slot.number)
 

@@ -8,7 +8,8 @@
     ├── StateError                      the action does not fit the current state
     ├── DatabaseError                   Postgres failed or is unreachable (driver error chained)
     └── SendError                       one POST to the Cloud API did not end in "accepted"
-        ├── TransientSendError          retry later with backoff (131000, 131016, 1, 2, 5xx, connect failed)
+        ├── TransientSendError          retry later with backoff (131000, 131016, 1, 2, 5xx)
+        │   └── ProviderUnreachable     connect failed: nothing sent; many in a row pause the campaign
         ├── ThrottledError              back to the limiter, never a failure (130429, 131056, 4, 80007, 429)
         ├── PermanentSendError          final for this recipient (carries the Graph code)
         ├── CampaignHaltError           the campaign itself is broken (template, auth, account)
@@ -66,6 +67,13 @@ class SendError(BroadcasterError):
 
 class TransientSendError(SendError):
     """Nothing was accepted; retrying the same payload later may succeed."""
+
+
+class ProviderUnreachable(TransientSendError):
+    """The Cloud API could not be reached (connect refused/timed out): no byte of the request left.
+
+    Retrying is safe and spends no attempt; many in a row pause the campaign (circuit breaker).
+    """
 
 
 class ThrottledError(SendError):

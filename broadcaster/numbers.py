@@ -87,8 +87,8 @@ async def set_number(db: Database, phone_number_id: str, *, mps: int | None = No
 
         # the configured ceiling; while WhatsApp rates the number down, the rate in use stays lower
         await db.execute(
-            "UPDATE sender_numbers SET mps_ceiling = CASE WHEN mps_ceiling IS NULL THEN NULL ELSE $2 END,"
-            " mps = CASE WHEN mps_ceiling IS NULL THEN $2 ELSE $3 END WHERE phone_number_id = $1",
+            "UPDATE sender_numbers SET mps_ceiling = CASE WHEN mps_ceiling IS NULL THEN NULL ELSE $2::int END,"
+            " mps = CASE WHEN mps_ceiling IS NULL THEN $2::int ELSE $3::int END WHERE phone_number_id = $1",
             phone_number_id, mps, mps_for_quality(mps, (await get_number(db, phone_number_id)).quality))
     if tier != "keep":
         await db.execute("UPDATE sender_numbers SET tier = $2 WHERE phone_number_id = $1", phone_number_id, tier)

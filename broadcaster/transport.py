@@ -30,6 +30,7 @@ from broadcaster.errors import (
     ConfigError,
     OutcomeUnknown,
     PermanentSendError,
+    ProviderUnreachable,
     SendError,
     ThrottledError,
     TransientSendError,
@@ -145,7 +146,8 @@ class Lane:
                     raise TransientSendError("connection not available") from None
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 await self.aclose()
-                raise TransientSendError(f"cannot connect to the Cloud API: {exc!r}") from exc
+                raise ProviderUnreachable(f"cannot connect to the Cloud API: {exc!r}",
+                                          title="Cloud API unreachable") from exc
             except (httpcore.TimeoutException, httpcore.NetworkError,
                     httpcore.RemoteProtocolError) as exc:
                 await self.aclose()

@@ -102,10 +102,15 @@ async def _drive(db: camp.Database, campaign_id: int, options: RunOptions, *, qu
         await runner.run()
         progress_scope.cancel()
         nursery.cancel_scope.cancel()
+    if runner.dispatcher.stopping:
+        # stopped by Ctrl-C/SIGTERM: pause it, so it is not left "running" with nobody sending
+        await camp.pause_by_id(db, campaign_id, reason="interrupted")
     counts = await ledger.counts(campaign_id)
     c = await camp.get_campaign_by_id(db, campaign_id)
     state = c.state + (f" ({c.pause_reason})" if c.pause_reason else "")
     reached = sum(counts[s] for s in ("accepted", "sent", "delivered", "read"))
+    if c.state == "paused":
+        console.print(f"continue with `broadcaster campaign resume {c.name}`")
     console.print(f"campaign '{c.name}' is {state}: accepted by WhatsApp {reached}, failed "
                   f"{counts['failed']}, skipped {counts['skipped']}, unknown {counts['unknown']}, "
                   f"pending {counts['pending']}")

@@ -18,8 +18,9 @@ from broadcaster.errors import BroadcasterError
 
 T = TypeVar("T")
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped or under cron there is no terminal width: don't cut names or wrap error lines at 80.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def settings() -> Settings:

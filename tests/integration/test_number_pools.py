@@ -54,3 +54,18 @@ async def test_two_number_pool_spills_over_500_then_700_nobody_twice(
     assert stats["accepted_by_number"][second] == 700
     seen = await trio.to_thread.run_sync(sandbox.recipients)
     assert all(seen.get(p) == 1 for p in phones), "no recipient gets it from both numbers"
+
+
+async def test_numbers_set_mps_keeps_a_quality_lowered_rate(db: Database, uniq: str) -> None:
+    from broadcaster.numbers import get_number, set_number
+
+    number = new_number()
+    await add_number(db, number, workspace=f"ws_{uniq}", mps=80)
+    assert (await set_number(db, number, mps=200)).mps == 200
+    # WhatsApp rated it RED: the ceiling is kept aside and the rate halved (health.py)
+    await db.execute("UPDATE sender_numbers SET quality = 'RED', mps_ceiling = 200, mps = 100"
+                     " WHERE phone_number_id = $1", number)
+    changed = await set_number(db, number, mps=300)
+    assert changed.mps == 150
+    assert await db.fetchval("SELECT mps_ceiling FROM sender_numbers WHERE phone_number_id = $1", number) == 300
+    assert (await get_number(db, number)).quality == "RED"

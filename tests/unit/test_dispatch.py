@@ -249,3 +249,14 @@ async def test_postgres_outage_pauses_then_carries_on_losing_nothing(autojump_cl
     await make_dispatcher(ledger, accept, log).run()
     assert ledger.states() == {"accepted": 60}, "every outcome written once Postgres is back"
     assert len(log) == 60, "nobody sent twice"
+
+
+async def test_unreachable_api_pauses_the_campaign_and_burns_nobody(autojump_clock) -> None:
+    from broadcaster.errors import ProviderUnreachable
+
+    ledger, log, halts = MemoryLedger(300), [], []
+    await make_dispatcher(ledger, lambda to, n: ProviderUnreachable("refused", title="Cloud API unreachable"),
+                          log, halts=halts).run()
+    assert halts == [(1, None)]
+    assert set(ledger.states()) == {"pending"}, "no row failed or spent an attempt"
+    assert all(r["attempts"] == 0 for r in ledger.rows.values())
