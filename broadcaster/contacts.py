@@ -274,6 +274,8 @@ class _Reader:
 def _open_rejects(src: Path, target: Path, contact_file: ContactFile) -> _RejectsFile:
     if target.exists() and target.resolve() == src.resolve():
         raise UsageError("--rejects must not be the file being imported")
+    if target.is_dir():
+        raise UsageError(f"--rejects {target} is a directory: give a file path, e.g. {target / 'rejects.csv'}")
     try:
         return _RejectsFile(target, contact_file)
     except OSError as exc:

@@ -59,7 +59,7 @@ class RawRow(NamedTuple):
     row: int
     fields: dict[str, Any]
     extra: dict[str, Any]
-    width_error: str | None = None  # set when a CSV row has more cells than the header
+    width_error: str | None = None  # set when a CSV row has more or fewer cells than the header
 
 
 @dataclass
@@ -115,6 +115,8 @@ class ContactFile:
                 problem = None
                 if n > width and any(c.strip() for c in cells[width:]):
                     problem = f"{n} cells but the header has {width} columns"
+                elif n < width:  # cut short: its missing cells (consent among them) cannot be guessed
+                    problem = f"only {n} of the header's {width} columns"
                 yield RawRow(row_no, fields, extra, problem)
         except csv.Error as exc:
             raise FileFormatError(f"{self.path.name} row {row_no + 1}: not valid CSV ({exc}); "

@@ -10,7 +10,8 @@ Guarantees:
   phone_empty, phone_not_a_number, phone_too_short, phone_too_long, phone_invalid,
   phone_not_mobile, missing_workspace, bad_opted_in, bad_followers, bad_last_active_at,
   bad_text (NUL / broken unicode), too_long (a field over its limit), bad_value (a JSON list or
-  object where text was expected), too_many_cells (a CSV row wider than its header).
+  object where text was expected), too_many_cells / too_few_cells (a CSV row wider or narrower
+  than its header).
 """
 
 from __future__ import annotations
@@ -282,7 +283,8 @@ def clean_row(raw: RawRow, *, workspace: str | None = None, default_region: str 
 
 def _clean(raw: RawRow, default_workspace: str | None, default_region: str) -> ContactRow:
     if raw.width_error:
-        raise _Reject("too_many_cells", "(row)", raw.width_error)
+        reason = "too_few_cells" if raw.width_error.startswith("only ") else "too_many_cells"
+        raise _Reject(reason, "(row)", raw.width_error)
     f = raw.fields
     phone_value = f.get("phone")
     if isinstance(phone_value, bool) or isinstance(phone_value, dict | list):

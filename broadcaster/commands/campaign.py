@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import orjson
 import trio
@@ -15,6 +17,7 @@ from broadcaster import schedule as sched
 from broadcaster.campaign_run import CampaignRunner, RunOptions
 from broadcaster.commands.common import console, database, err_console, maybe_start_metrics, run, settings
 from broadcaster.dispatch import DispatchConfig
+from broadcaster.errors import UsageError
 from broadcaster.health import describe_pause
 from broadcaster.ledger import LedgerStore
 from broadcaster.report import campaign_report
@@ -247,6 +250,8 @@ def report_cmd(
     async def main() -> None:
         async with database() as db:
             report = await full_report(db, name)
+            for target, flag in ((csv_path, "--csv"), (html_path, "--html")):
+                _check_writable(target, flag)
             rows = await write_csv(db, name, csv_path, mask_numbers=mask_numbers) if csv_path else None
         if html_path:
             await write_html(report, html_path)
@@ -260,6 +265,19 @@ def report_cmd(
             err_console.print(f"wrote {html_path}")
 
     run(main)
+
+
+def _check_writable(target: str | None, flag: str) -> None:
+    """A report file we cannot write is a usage error named before anything is written."""
+    if target is None:
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise UsageError(f"{flag} {target} is a directory: give a file path")
+    if not path.parent.exists():
+        raise UsageError(f"{flag} {target}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{flag} {target}: folder {path.parent} is not writable")
 
 
 @app.command("list")

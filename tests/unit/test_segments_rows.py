@@ -214,3 +214,18 @@ def test_no_jsonl_value_crashes_the_cleaner(obj: dict) -> None:
     assert isinstance(out, ContactRow | Rejection)
     if isinstance(out, ContactRow):
         _storable(out)
+
+
+def test_row_cut_short_is_rejected_not_imported_with_guessed_consent(tmp_path) -> None:
+    """A CSV row with fewer cells than the header cannot be trusted: its opt-in is unknown."""
+    from segments.rows import Rejection
+
+    path = tmp_path / "cut.csv"
+    path.write_text("external_id,name,phone,language,genre,workspace,opted_in\n"
+                    "a1,Asha,+919800000004,hi\n"
+                    "a2,Ravi,+919800000005,hi,comedy,originals,false\n", encoding="utf-8")
+    with open_contact_file(path) as f:
+        cleaned = [clean_row(r) for r in f.rows()]
+    assert isinstance(cleaned[0], Rejection) and cleaned[0].reason == "too_few_cells"
+    assert cleaned[0].row == 2
+    assert not isinstance(cleaned[1], Rejection)
