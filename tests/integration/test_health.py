@@ -157,7 +157,7 @@ async def test_template_quality_is_stored_and_unknown_templates_are_no_error(db:
 
 async def add_number(db: Database, uniq: str, *, mps: int = 80, tier: int | None = 10_000) -> tuple[str, str]:
     """A sender number of its own with a display number of its own: (phone_number_id, display digits)."""
-    pid, display = f"pn{uniq}", "1555" + str(int(uniq, 16) % 10**7).zfill(7)
+    pid, display = f"pn{uniq}", "1555" + str(int(uniq.strip("u"), 16) % 10**7).zfill(7)
     await db.execute("INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT DO NOTHING", f"ws_{uniq}")
     await db.execute("INSERT INTO sender_numbers (phone_number_id, workspace, mps, tier) VALUES ($1, $2, $3, $4)",
                      pid, f"ws_{uniq}", mps, tier)
