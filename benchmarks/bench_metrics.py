@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_dispatch import start_sandbox  # noqa: E402
 from broadcaster import metrics  # noqa: E402
 from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher  # noqa: E402
 from broadcaster.errors import (  # noqa: E402
@@ -292,19 +291,6 @@ async def run_pipeline(api_url: str, n: int, rate: float, metered: bool,
     if ledger.accepted != n:
         raise SystemExit(f"pipeline run accepted {ledger.accepted} of {n}: is the sandbox healthy?")
     return {"sent": ledger.accepted, "wall": wall, "cpu_us": cpu / n * 1e6, "scrapes": scrapes}
-
-
-def start_sandbox() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broadcaster.sandbox", "--port", "0", "--mps", "0", "--templates", str(TEMPLATES_JSON)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"(http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"sandbox did not start: {line!r}")
-    return proc, match.group(1)
 
 
 def main() -> None:

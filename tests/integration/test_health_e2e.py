@@ -34,7 +34,7 @@ from tests.conftest import SANDBOX_NUMBER
 from tests.integration.factories import campaign_for, run_campaign, settings_for
 from tests.integration.test_health import add_number, slack_receiver
 from tests.integration.test_inbox_handler import EXAMPLE_RULES
-from tests.integration.test_webhooks_support import SECRET, WABA_ID, Receiver, running_receiver
+from tests.integration.webhook_support import SECRET, WABA_ID, Receiver, running_receiver
 
 TEMPLATE = "daily_campaign_invite"
 SENT = ("accepted", "sent", "delivered", "read")

@@ -13,7 +13,7 @@ import trio
 from broadcaster.db import Database
 from broadcaster.inbound import final_state
 from broadcaster.ledger import LedgerStore, Outcome
-from tests.integration.test_webhooks_support import (
+from tests.integration.webhook_support import (
     Row,
     change,
     envelope,

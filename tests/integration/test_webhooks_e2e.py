@@ -17,7 +17,7 @@ from broadcaster.inbound import Hooks
 from broadcaster.ledger import LedgerStore, Outcome
 from broadcaster.sandbox import SandboxConfig, SandboxThread
 from tests.conftest import SANDBOX_NUMBER
-from tests.integration.test_webhooks_support import SECRET, ledger_rows, make_ledger, running_receiver
+from tests.integration.webhook_support import SECRET, ledger_rows, make_ledger, running_receiver
 
 
 async def settled(rx: Any, db: Database, campaign_id: int) -> None:

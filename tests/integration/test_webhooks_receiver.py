@@ -14,7 +14,7 @@ from broadcaster.errors import DatabaseError
 from broadcaster.inbound import Hooks, StatusEvent, apply_new_statuses, apply_rechecks
 from broadcaster.inbound.statuses import WAMID_GATE_LOCK
 from broadcaster.ledger import LedgerStore, Outcome
-from tests.integration.test_webhooks_support import (
+from tests.integration.webhook_support import (
     VERIFY_TOKEN,
     change,
     envelope,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from broadcaster.db import Database, open_db
 from broadcaster.inbound import StatusEvent, apply_new_statuses, apply_rechecks, final_state
-from tests.integration.test_webhooks_support import Seeded, make_ledger
+from tests.integration.webhook_support import Seeded, make_ledger
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 STARTS = ["accepted", "unknown", "claimed", "pending", "sent", "delivered", "read", "failed"]
