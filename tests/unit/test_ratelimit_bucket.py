@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import pytest
 import trio
@@ -13,30 +12,9 @@ from hypothesis import strategies as st
 
 from ratelimit import BucketStatistics, Limiter, RateLimitConfigError, TokenBucket
 from ratelimit._fifo import FifoGate
+from tests.unit.ratelimit_support import run_virtual, window_excess
 
 SLACK = 1e-6  # tokens: the bucket may dip this far below 0 from float rounding (bucket.py)
-
-
-def window_excess(grants: list[tuple[float, int]], rate: float, burst: float) -> float:
-    """max over windows [a, b] of (tokens granted in it) - (rate * (b - a) + burst).
-
-    The worst window starts and ends at grant times, so checking those pairs is exhaustive.
-    """
-    per_time: dict[float, int] = defaultdict(int)
-    for t, n in grants:
-        per_time[t] += n
-    times = sorted(per_time)
-    worst = -math.inf
-    for i, a in enumerate(times):
-        total = 0
-        for b in times[i:]:
-            total += per_time[b]
-            worst = max(worst, total - (rate * (b - a) + burst))
-    return worst
-
-
-def run_virtual(async_fn, *args):  # type: ignore[no-untyped-def]
-    return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 # -- the unit and the window bound ---------------------------------------------------------------

@@ -21,26 +21,7 @@ from ratelimit import (
     auto_chunk,
     store_take,
 )
-
-
-def window_excess(grants: list[tuple[float, int]], rate: float, burst: float) -> float:
-    """max over windows [a, b] of (tokens handed out in it) - (rate * (b - a) + burst)."""
-    per_time: dict[float, int] = defaultdict(int)
-    for t, n in grants:
-        per_time[t] += n
-    times = sorted(per_time)
-    worst = -math.inf
-    for i, a in enumerate(times):
-        total = 0
-        for b in times[i:]:
-            total += per_time[b]
-            worst = max(worst, total - (rate * (b - a) + burst))
-    return worst
-
-
-def run_virtual(async_fn, *args):  # type: ignore[no-untyped-def]
-    return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
-
+from tests.unit.ratelimit_support import run_virtual, window_excess
 
 # -- the store's arithmetic (the reference for the SQL) ------------------------------------------
 
