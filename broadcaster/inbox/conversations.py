@@ -15,6 +15,7 @@ from typing import Any
 from broadcaster.db import Connection, Database
 from broadcaster.errors import NotFoundError, StateError
 from broadcaster.inbox import routing
+from broadcaster.inbox.directory import agent_id_of
 from broadcaster.inbox.handler import escalate_in
 from broadcaster.inbox.worker import nudge
 from broadcaster.metrics import observe_resolution, record_escalation
@@ -44,14 +45,6 @@ async def _locked(conn: Connection, conversation_id: int) -> Any:
     return row
 
 
-async def _agent_id(conn: Connection, workspace: str, agent: str) -> int:
-    agent_id = await conn.fetchval("SELECT id FROM inbox_agents WHERE workspace = $1 AND name = $2", workspace, agent)
-    if agent_id is None:
-        raise NotFoundError(f"agent {agent!r} does not exist in workspace {workspace!r} "
-                            "(see `broadcaster agents list`)")
-    return agent_id
-
-
 async def resolve_conversation(db: Database, conversation_id: int, *, agent: str | None = None,
                                now: datetime | None = None) -> Resolution:
     """Close a conversation (by `agent`, default: its assigned agent) and refill freed slots.
@@ -66,7 +59,7 @@ async def resolve_conversation(db: Database, conversation_id: int, *, agent: str
         if conv["status"] == "resolved":
             raise StateError(f"conversation {conversation_id} is already resolved "
                              f"(at {conv['resolved_at']:%Y-%m-%d %H:%M} UTC)")
-        resolver = await _agent_id(conn, conv["workspace"], agent) if agent else conv["agent_id"]
+        resolver = await agent_id_of(conn, conv["workspace"], agent) if agent else conv["agent_id"]
         await conn.execute(
             """UPDATE inbox_conversations SET status = 'resolved', resolved_at = $2, resolved_by = 'agent',
                       resolved_agent_id = $3, updated_at = now() WHERE id = $1""",
@@ -90,7 +83,7 @@ async def assign_conversation(db: Database, conversation_id: int, agent: str, *,
         conv = await _locked(conn, conversation_id)
         if conv["status"] == "resolved":
             raise StateError(f"conversation {conversation_id} is resolved; it cannot be assigned")
-        agent_id = await _agent_id(conn, conv["workspace"], agent)
+        agent_id = await agent_id_of(conn, conv["workspace"], agent)
         await conn.execute(
             """UPDATE inbox_conversations SET status = 'assigned', agent_id = $2, assigned_at = $3,
                       updated_at = now() WHERE id = $1""", conversation_id, agent_id, now)

@@ -62,7 +62,8 @@ async def _team(conn: Connection, workspace: str, team: str) -> int:
     return team_id
 
 
-async def _agent(conn: Connection, workspace: str, agent: str) -> int:
+async def agent_id_of(conn: Connection, workspace: str, agent: str) -> int:
+    """The id of agent `agent` in `workspace`, or NotFoundError naming where to look."""
     agent_id = await conn.fetchval("SELECT id FROM inbox_agents WHERE workspace = $1 AND name = $2", workspace, agent)
     if agent_id is None:
         raise NotFoundError(f"agent {agent!r} does not exist in workspace {workspace!r} "
@@ -95,7 +96,7 @@ async def set_agent(db: Database, workspace: str, name: str, *, online: bool | N
     if max_open is not None and max_open < 0:
         raise InputError(f"agent {name!r}: max_open must be 0 or more, got {max_open}")
     async with db.transaction() as conn:
-        agent_id = await _agent(conn, workspace, name)
+        agent_id = await agent_id_of(conn, workspace, name)
         await routing.lock_agent_teams(conn, agent_id)  # teams before the agent row: the drains' lock order
         await conn.execute(
             """UPDATE inbox_agents SET online = coalesce($2, online), max_open = coalesce($3, max_open)
@@ -170,7 +171,7 @@ async def join_team(db: Database, workspace: str, team: str, agent: str) -> list
     """Add an agent to a team (same workspace); queued conversations may be assigned at once."""
     async with db.transaction() as conn:
         team_id = await _team(conn, workspace, team)
-        agent_id = await _agent(conn, workspace, agent)
+        agent_id = await agent_id_of(conn, workspace, agent)
         await conn.execute(
             """INSERT INTO inbox_team_members (team_id, agent_id, workspace) VALUES ($1, $2, $3)
                ON CONFLICT DO NOTHING""", team_id, agent_id, workspace)
@@ -181,7 +182,7 @@ async def leave_team(db: Database, workspace: str, team: str, agent: str) -> Non
     """Remove an agent from a team (its assigned conversations stay with it)."""
     async with db.transaction() as conn:
         team_id = await _team(conn, workspace, team)
-        agent_id = await _agent(conn, workspace, agent)
+        agent_id = await agent_id_of(conn, workspace, agent)
         await conn.execute("DELETE FROM inbox_team_members WHERE team_id = $1 AND agent_id = $2", team_id, agent_id)
 
 
