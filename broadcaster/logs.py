@@ -1,13 +1,10 @@
-"""Log hygiene: phone numbers are masked (last 4 digits kept); tokens never logged."""
+"""Log hygiene: phone numbers are masked (last 4 digits kept); tokens never logged.
+
+The masking itself lives with the phone rules in `segments.phones`; the engine imports it from here.
+"""
 
 from __future__ import annotations
 
+from segments.phones import mask_phone
 
-def mask_phone(number: str | None) -> str:
-    """'919876543210' → '********3210'. Short or empty values are fully masked."""
-    if not number:
-        return ""
-    digits = number.strip()
-    if len(digits) <= 4:
-        return "*" * len(digits)
-    return "*" * (len(digits) - 4) + digits[-4:]
+__all__ = ["mask_phone"]
