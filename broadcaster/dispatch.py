@@ -247,11 +247,14 @@ class Dispatcher:
         try:
             for row in rows:
                 slot = self._slots.get(row.campaign_id)
-                job_or_outcome = self._render(slot, row)
-                if isinstance(job_or_outcome, Outcome):
-                    await outcomes.send(job_or_outcome)
-                else:
-                    await jobs.send(job_or_outcome)
+                item = self._render(slot, row)
+                # hand out without a checkpoint per row: `send` yields to the scheduler even when
+                # there is room, which would feed the lanes one row per scheduler pass
+                channel: Any = outcomes if isinstance(item, Outcome) else jobs
+                try:
+                    channel.send_nowait(item)
+                except trio.WouldBlock:
+                    await channel.send(item)
                 handed += 1
                 if self._stop.is_set():
                     break
@@ -389,7 +392,10 @@ class Dispatcher:
                 with trio.move_on_after(self.cfg.flush_interval_s):
                     while len(buf) < self.cfg.batch_size:
                         try:
-                            buf.append(await outcomes.receive())
+                            try:  # drain what is there in one step; wait only when it is empty
+                                buf.append(outcomes.receive_nowait())
+                            except trio.WouldBlock:
+                                buf.append(await outcomes.receive())
                         except trio.EndOfChannel:
                             closed = True
                             break
