@@ -151,11 +151,12 @@ class MemoryLedger:
         self.accepted = 0
 
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str) -> list[ClaimedRow]:
+                          owner: str, pair_spacing_s: float = 0.0) -> list[ClaimedRow]:
         await trio.lowlevel.checkpoint()
         return [self.queue.popleft() for _ in range(min(limit, len(self.queue)))]
 
-    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str) -> int:
+    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str,
+                             pair_spacing_s: float = 0.0) -> int:
         await trio.lowlevel.checkpoint()
         for o in outcomes:
             if o.state == "pending":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -97,7 +97,8 @@ class CampaignRunner:
             default_number=settings.whatsapp_phone_number_id)
         self.dispatcher = Dispatcher(
             self.ledger, self._open_lane, campaigns=self._campaigns, owner=self.owner,
-            config=options.dispatch, on_halt=self._on_halt, on_idle=self._on_idle)
+            config=replace(options.dispatch, pair_spacing_s=settings.pair_spacing_s),
+            on_halt=self._on_halt, on_idle=self._on_idle)
 
     def _open_lane(self, phone_number_id: str) -> Any:
         return self._numbers[phone_number_id].transport.open_lane()

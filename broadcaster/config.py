@@ -26,6 +26,7 @@ class Settings:
     whatsapp_verify_token: str | None = field(default=None, repr=False)  # WHATSAPP_VERIFY_TOKEN
     slack_webhook_url: str | None = field(default=None, repr=False)     # SLACK_WEBHOOK_URL
     metrics_port: int | None = None                                    # BROADCASTER_METRICS_PORT
+    pair_spacing_s: float = 6.0                                        # BROADCASTER_PAIR_SPACING_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -41,6 +42,14 @@ class Settings:
         metrics_port = get("BROADCASTER_METRICS_PORT")
         if metrics_port is not None and not metrics_port.isdigit():
             raise ConfigError(f"BROADCASTER_METRICS_PORT must be a port number, got {metrics_port!r}")
+        spacing = get("BROADCASTER_PAIR_SPACING_S") or "6"
+        try:
+            pair_spacing_s = float(spacing)
+        except ValueError:
+            pair_spacing_s = -1.0
+        if not 0 <= pair_spacing_s <= 3600:
+            raise ConfigError("BROADCASTER_PAIR_SPACING_S must be seconds between messages to one recipient, "
+                              f"0 to 3600 (0 turns spacing off), got {spacing!r}")
         return cls(
             database_url=get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/broadcaster",
             whatsapp_api_url=api_url,
@@ -51,6 +60,7 @@ class Settings:
             whatsapp_verify_token=get("WHATSAPP_VERIFY_TOKEN"),
             slack_webhook_url=get("SLACK_WEBHOOK_URL"),
             metrics_port=int(metrics_port) if metrics_port else None,
+            pair_spacing_s=pair_spacing_s,
         )
 
     def require(self, *names: str) -> None:

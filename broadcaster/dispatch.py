@@ -54,8 +54,9 @@ DB_RETRY_MAX_S = 10.0
 
 class LedgerPort(Protocol):
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str) -> list[ClaimedRow]: ...
-    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str) -> int: ...
+                          owner: str, pair_spacing_s: float = 0.0) -> list[ClaimedRow]: ...
+    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str,
+                             pair_spacing_s: float = 0.0) -> int: ...
     async def release_claims(self, ids: Sequence[int], *, owner: str) -> None: ...
     async def expire_leases(self, campaign_ids: Sequence[int]) -> int: ...
 
@@ -85,11 +86,14 @@ class DispatchConfig:
     lease_sweep_s: float = 5.0       # how often expired leases and the unknown grace policy are applied
     halt_threshold: int = 3          # campaign-level errors before the circuit breaker pauses it
     unreachable_threshold: int = 20  # connect failures in a row before the breaker pauses it
+    pair_spacing_s: float = 6.0      # at most one message per recipient in this many seconds (0: off)
 
     def __post_init__(self) -> None:
         for name in ("lanes", "batch_size", "max_attempts", "halt_threshold"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DispatchConfig.{name} must be at least 1")
+        if not 0 <= self.pair_spacing_s <= 3600:
+            raise ValueError(f"DispatchConfig.pair_spacing_s must be 0 to 3600 s, got {self.pair_spacing_s}")
 
 
 def transient_retry_at(now: datetime, attempt: int, cfg: DispatchConfig, rng: random.Random) -> datetime:
@@ -235,7 +239,7 @@ class Dispatcher:
         limit = min([self.cfg.batch_size, *(s.claim_cap for s in claimable if s.claim_cap is not None)])
         t0 = trio.current_time()
         rows = await self.ledger.claim_batch([s.id for s in claimable], limit, lease_s=self.cfg.lease_s,
-                                             owner=self.owner)
+                                             owner=self.owner, pair_spacing_s=self.cfg.pair_spacing_s)
         metrics.observe_claim(trio.current_time() - t0)
         self.stats.claimed += len(rows)
         if not rows:
@@ -440,7 +444,7 @@ class Dispatcher:
             else:
                 to_write.append(o)
         t0 = trio.current_time()
-        await self.ledger.record_results(to_write, owner=self.owner)
+        await self.ledger.record_results(to_write, owner=self.owner, pair_spacing_s=self.cfg.pair_spacing_s)
         await self.ledger.release_claims(release, owner=self.owner)
         metrics.observe_write(trio.current_time() - t0)
         if halts:

@@ -103,10 +103,14 @@ class LedgerStore:
         self.db = db
 
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str) -> list[ClaimedRow]:
+                          owner: str, pair_spacing_s: float = 0.0) -> list[ClaimedRow]:
+        """Claim up to `limit` sendable rows. With `pair_spacing_s` > 0, never two rows of one
+        recipient within that many seconds, across campaigns and workers: a row whose recipient
+        was claimed more recently is deferred (`retry_at`), not claimed and not failed."""
         if not campaign_ids or limit <= 0:
             return []
-        rows = await self.db.fetch(QUERIES["claim_batch"], list(campaign_ids), limit, float(lease_s), owner)
+        rows = await self.db.fetch(QUERIES["claim_batch"], list(campaign_ids), limit, float(lease_s), owner,
+                                   float(pair_spacing_s))
         claimed = []
         for r in rows:
             attrs = r["attributes"]
@@ -120,8 +124,10 @@ class LedgerStore:
                                       r["attempts"], contact))
         return claimed
 
-    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str) -> int:
-        """Write a batch of outcomes in one statement; returns how many rows changed."""
+    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str,
+                             pair_spacing_s: float = 0.0) -> int:
+        """Write a batch of outcomes in one statement; returns how many rows changed. With
+        `pair_spacing_s` > 0 their recipients may be claimed again that many seconds from now."""
         if not outcomes:
             return 0
         cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
@@ -129,7 +135,8 @@ class LedgerStore:
             for col, value in zip(cols, (o.id, o.state, o.wamid, o.code, o.title, o.attempt_inc,
                                          o.retry_at, o.skip_reason, o.number), strict=True):
                 col.append(value)
-        status = await self.db.execute(QUERIES["record_results"], *cols[:8], owner, cols[8])
+        status = await self.db.execute(QUERIES["record_results"], *cols[:8], owner, cols[8],
+                                       float(pair_spacing_s))
         return int(status.split()[-1])
 
     async def release_claims(self, ids: Sequence[int], *, owner: str) -> None:
@@ -142,6 +149,7 @@ class LedgerStore:
             return 0
         ids = list(campaign_ids)
         status = await self.db.execute(QUERIES["expire_leases"], ids)
+        await self.db.execute(QUERIES["free_spacing_slots"])
         await self.db.execute(QUERIES["resolve_unknown_resend"], ids)
         await self.db.execute(QUERIES["resolve_unknown_fail"], ids)
         return int(status.split()[-1])

@@ -4,29 +4,65 @@
 -- Claim up to $2 sendable rows of the given running campaigns for worker $4, lease $3 seconds.
 -- SKIP LOCKED: any number of workers on any hosts share a campaign; none can claim the same row.
 -- Sendable: `pending` whose retry time (if any) has come. Contact data comes back for rendering.
+-- Pair spacing ($5 s; 0 = off): a row is claimed only if it takes its recipient's slot in
+-- recipient_spacing (free once next_at has passed). A claimed row holds the slot until its outcome
+-- is recorded (record_results then frees it $5 s later) or its lease ends; the upsert locks the
+-- recipient's slot row, so two workers claiming one recipient for two campaigns at once cannot both
+-- get it. Hence two sends to one recipient are always at least $5 s apart (the second is claimed
+-- after the first's answer was recorded + $5 s). A row that misses its slot, or repeats a recipient
+-- within this batch, is deferred (retry_at), never failed and never counted as an attempt.
 WITH picked AS (
-    SELECT id FROM ledger
+    SELECT id, wa_id FROM ledger
     WHERE campaign_id = ANY($1::int[])
       AND state = 'pending'
       AND (retry_at IS NULL OR retry_at <= now())
     ORDER BY campaign_id, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), first_per_recipient AS (
+    SELECT DISTINCT ON (wa_id) id, wa_id FROM picked WHERE $5::float8 > 0 ORDER BY wa_id, id
+), spaced AS (
+    INSERT INTO recipient_spacing AS s (wa_id, next_at)
+    SELECT wa_id, now() + make_interval(secs => $3) FROM first_per_recipient
+    ON CONFLICT (wa_id) DO UPDATE SET next_at = EXCLUDED.next_at WHERE s.next_at <= now()
+    RETURNING wa_id
+), go AS (
+    SELECT p.id FROM picked p WHERE $5::float8 <= 0
+    UNION ALL
+    SELECT f.id FROM first_per_recipient f JOIN spaced USING (wa_id)
+), deferred AS (
+    UPDATE ledger l
+    SET retry_at = CASE WHEN s.next_at > now() THEN LEAST(s.next_at, now() + make_interval(secs => $5::float8))
+                        ELSE now() + make_interval(secs => $5::float8) END,
+        updated_at = now()
+    FROM picked p LEFT JOIN recipient_spacing s ON s.wa_id = p.wa_id
+    WHERE l.id = p.id AND p.id NOT IN (SELECT id FROM go)
 )
 UPDATE ledger l
 SET state = 'claimed', lease_until = now() + make_interval(secs => $3), lease_owner = $4,
     claimed_at = now(), updated_at = now()
-FROM picked, contacts c
-WHERE l.id = picked.id AND c.id = l.contact_id
+FROM go, contacts c
+WHERE l.id = go.id AND c.id = l.contact_id
 RETURNING l.id, l.campaign_id, l.wa_id, l.language, l.attempts,
           c.name, c.genre, c.language AS contact_language, c.city, c.followers, c.external_id,
           c.attributes
+
+-- name: free_spacing_slots
+-- Forget recipients whose spacing slot has passed (they would be free anyway): keeps the table to
+-- the last few seconds of recipients.
+DELETE FROM recipient_spacing WHERE next_at <= now()
 
 -- name: record_results
 -- Write one batch of outcomes (arrays, one element per row). Only rows still leased by this worker
 -- change: claimed, or turned `unknown` after the lease expired. A row a status webhook already moved
 -- forward (sent/delivered/read/failed) keeps its state; an `accepted` answer then only fills in
--- wamid and accepted_at, so delivery latency is known for it too.
+-- wamid and accepted_at, so delivery latency is known for it too. With pair spacing ($11 s > 0)
+-- the recipients' slots held since the claim become free $11 s from now.
+WITH spacing AS (
+    UPDATE recipient_spacing s SET next_at = now() + make_interval(secs => $11::float8)
+    FROM ledger sl
+    WHERE $11::float8 > 0 AND sl.id = ANY($1::bigint[]) AND s.wa_id = sl.wa_id
+)
 UPDATE ledger l
 SET state = CASE WHEN l.state IN ('claimed', 'unknown') THEN r.state ELSE l.state END,
     wamid = COALESCE(l.wamid, r.wamid),
@@ -76,7 +112,12 @@ WHERE l.campaign_id = k.id AND k.id = ANY($1::int[]) AND k.unknown_policy = 'fai
   AND l.state = 'unknown' AND l.updated_at < now() - make_interval(secs => k.unknown_grace_s)
 
 -- name: release_claims
--- Give back rows claimed by this worker that were never handed to a lane (clean shutdown, pause).
+-- Give back rows claimed by this worker that were never sent (clean shutdown, pause, breaker); their
+-- recipients' spacing slots are free again at once.
+WITH freed AS (
+    DELETE FROM recipient_spacing s USING ledger l
+    WHERE l.id = ANY($1::bigint[]) AND l.lease_owner = $2 AND l.state = 'claimed' AND s.wa_id = l.wa_id
+)
 UPDATE ledger SET state = 'pending', lease_until = NULL, lease_owner = NULL, updated_at = now()
 WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'claimed'
 

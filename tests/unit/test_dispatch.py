@@ -44,7 +44,7 @@ class MemoryLedger:
         self.writes = 0
 
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str) -> list[ClaimedRow]:
+                          owner: str, pair_spacing_s: float = 0.0) -> list[ClaimedRow]:
         await trio.lowlevel.checkpoint()
         self.claims += 1
         out = []
@@ -58,7 +58,8 @@ class MemoryLedger:
                 out.append(ClaimedRow(rid, 1, f"9198000{rid:05d}", "hi", r["attempts"], contact))
         return out
 
-    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str) -> int:
+    async def record_results(self, outcomes: Sequence[Outcome], *, owner: str,
+                             pair_spacing_s: float = 0.0) -> int:
         await trio.lowlevel.checkpoint()
         self.writes += 1
         for o in outcomes:
@@ -237,7 +238,7 @@ class FlakyLedger(MemoryLedger):
             raise DatabaseUnavailable("database connection lost")
         return await super().claim_batch(*args, **kw)
 
-    async def record_results(self, outcomes, *, owner):
+    async def record_results(self, outcomes, *, owner, pair_spacing_s=0.0):
         if self.write_failures:
             self.write_failures -= 1
             raise DatabaseUnavailable("database connection lost")
