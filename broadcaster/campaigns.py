@@ -10,6 +10,7 @@ and a manager can race and exactly one transition wins.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from broadcaster.errors import BroadcasterError, NotFoundError, StateError, Usag
 from broadcaster.segment_store import get_segment
 from broadcaster.template_store import load_variants
 from segments.filters import compile_filter
-from templates import CompiledCampaign, PreflightError, compile_campaign
+from templates import CONTACT_FIELDS, CompiledCampaign, PreflightError, compile_campaign, contact_fields_used
 
 FINAL_STATES = ("completed", "cancelled")
 GUARD_REASONS = ("optout_spike", "failure_spike")  # health guards: only `resume --force` overrides them
@@ -97,15 +98,48 @@ async def get_campaign_by_id(db: Database, campaign_id: int) -> Campaign:
     return _campaign(row)
 
 
+async def unknown_contact_fields(db: Database | Connection, workspace: str,
+                                 variables: dict[str, str]) -> list[str]:
+    """A problem line for each `contact.<field>` variable that no contact of `workspace` can fill:
+    not a contact field and not an attribute any of its contacts carries (a typo such as
+    `contact.nmae` would otherwise render empty and skip the whole audience)."""
+    used = {key: field for key, field in contact_fields_used(variables).items() if field not in CONTACT_FIELDS}
+    if not used:
+        return []
+    present = set(await db.fetchval(
+        "SELECT coalesce(array_agg(f), '{}') FROM unnest($2::text[]) AS f"
+        " WHERE EXISTS (SELECT 1 FROM contacts WHERE workspace = $1 AND attributes ? f)",
+        workspace, sorted(set(used.values()))))
+    attributes = await db.fetchval(
+        "SELECT coalesce(array_agg(DISTINCT k ORDER BY k), '{}') FROM"
+        " (SELECT jsonb_object_keys(attributes) AS k FROM contacts WHERE workspace = $1 LIMIT 10000) AS t",
+        workspace)
+    problems = []
+    for key, field in sorted(used.items()):
+        if field in present:
+            continue
+        known = sorted(CONTACT_FIELDS) + list(attributes)
+        close = difflib.get_close_matches(field, known, n=1)
+        hint = f" (did you mean contact.{close[0]}?)" if close else ""
+        problems.append(
+            f"variable `{key}`: contact.{field} is neither a contact field nor an attribute of any contact "
+            f"in workspace '{workspace}'{hint}; fields: {', '.join(sorted(CONTACT_FIELDS))}"
+            + (f"; attributes: {', '.join(attributes[:20])}" if attributes else ""))
+    return problems
+
+
 async def compile_for(db: Database | Connection, campaign: Campaign) -> tuple[CompiledCampaign, str]:
     """Pre-flight: the campaign's template variants + variables compiled (and the template's
     category), or PreflightFailed listing every problem."""
     variants = await load_variants(db, campaign.template_name)
+    problems = await unknown_contact_fields(db, campaign.workspace, campaign.variables)
     try:
         compiled = compile_campaign(variants, campaign.variables,
                                     default_language=campaign.default_language)
     except PreflightError as exc:
-        raise PreflightFailed(campaign.name, list(exc.problems)) from exc
+        raise PreflightFailed(campaign.name, list(exc.problems) + problems) from exc
+    if problems:
+        raise PreflightFailed(campaign.name, problems)
     return compiled, variants[campaign.default_language].category
 
 
@@ -119,10 +153,13 @@ async def create_campaign(db: Database, name: str, *, segment: str, template: st
     seg = await get_segment(db, segment)
     variants = await load_variants(db, template)
     language = default_language or ("en" if "en" in variants else sorted(variants)[0])
+    problems = await unknown_contact_fields(db, seg.workspace, variables)
     try:
         compile_campaign(variants, variables, default_language=language)
     except PreflightError as exc:
-        raise PreflightFailed(name, list(exc.problems)) from exc
+        raise PreflightFailed(name, list(exc.problems) + problems) from exc
+    if problems:
+        raise PreflightFailed(name, problems)
     try:
         row = await db.fetchrow(
             "INSERT INTO campaigns (name, workspace, segment, template_name, default_language, variables,"

@@ -21,6 +21,7 @@ from templates.registry import (
 )
 from templates.render import (
     BODY_MAX_CHARS,
+    CONTACT_FIELDS,
     DEFAULT_LANGUAGE_FALLBACK,
     HEADER_MAX_CHARS,
     CompiledCampaign,
@@ -30,10 +31,12 @@ from templates.render import (
     build_message,
     clean_text,
     compile_campaign,
+    contact_fields_used,
 )
 
 __all__ = [
     "BODY_MAX_CHARS",
+    "CONTACT_FIELDS",
     "DEFAULT_LANGUAGE_FALLBACK",
     "HEADER_MAX_CHARS",
     "MEDIA_HEADER_FORMATS",
@@ -47,6 +50,7 @@ __all__ = [
     "build_message",
     "clean_text",
     "compile_campaign",
+    "contact_fields_used",
     "load_message_templates",
     "parse_message_templates",
 ]

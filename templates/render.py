@@ -54,6 +54,7 @@ from templates.registry import _PLACEHOLDER_RE, Slot, Template
 
 __all__ = [
     "BODY_MAX_CHARS",
+    "CONTACT_FIELDS",
     "DEFAULT_LANGUAGE_FALLBACK",
     "HEADER_MAX_CHARS",
     "CompiledCampaign",
@@ -63,6 +64,7 @@ __all__ = [
     "build_message",
     "clean_text",
     "compile_campaign",
+    "contact_fields_used",
 ]
 
 BODY_MAX_CHARS = 1024  # rendered body, with values substituted (Meta: 132005 beyond it)
@@ -157,6 +159,17 @@ def _first_name(contact: Mapping[str, Any]) -> str:
 
 
 _DERIVED = {"genre_label": _genre_label, "first_name": _first_name}
+
+#: The fields every contact has (the engine passes them at the top level) plus the derived ones;
+#: any other `contact.<field>` must be an attribute (an extra import column) to ever have a value.
+CONTACT_FIELDS: frozenset[str] = frozenset(
+    {"name", "genre", "language", "city", "followers", "external_id", "wa_id", *_DERIVED})
+
+
+def contact_fields_used(variables: Mapping[str, Any]) -> dict[str, str]:
+    """variable key → field, for every `contact.<field>` source in `variables`."""
+    return {key: source[len("contact."):] for key, source in variables.items()
+            if isinstance(source, str) and source.startswith("contact.")}
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ import httpx
 import orjson
 import pytest
 
+from broadcaster import campaigns as camp
 from broadcaster.campaigns import PreflightFailed, get_campaign
 from broadcaster.db import Database
 from broadcaster.ledger import LedgerStore
 from broadcaster.report import campaign_report
-from tests.integration.factories import campaign_for, run_campaign, settings_for
+from tests.integration.factories import add_contacts, campaign_for, run_campaign, settings_for
 
 
 async def sandbox_counts(sandbox: object, phones: list[str]) -> dict[str, int]:
@@ -42,7 +43,6 @@ async def test_report_counts_partition_the_audience(db: Database, db_url: str, s
     phones = [phone_factory() for _ in range(40)]
     campaign = await campaign_for(db, uniq, phones[:30])
     # ten more contacts who opted out of marketing: skipped at freeze, never sent
-    from tests.integration.factories import add_contacts
     await add_contacts(db, f"ws_{uniq}", phones[30:], opted_in=False)
     await run_campaign(db, settings_for(db_url, sandbox), campaign)
 
@@ -81,3 +81,32 @@ async def test_paused_template_refuses_to_create(db: Database, uniq: str, phone_
     with pytest.raises(PreflightFailed, match=r"^campaign 'camp_\w+' cannot launch, pre-flight found 1 problem"):
         await campaign_for(db, uniq, [phone_factory()], template="weekly_earnings",
                            variables={"1": "contact.name", "2": "100"})
+
+
+async def test_a_misspelt_contact_field_is_refused_with_a_suggestion(db: Database, uniq: str,
+                                                                     phone_factory) -> None:
+    """contact.nmae would render empty and skip the whole audience: pre-flight names it."""
+    variables = {"1": "contact.nmae", "2": "contact.genre_label", "3": "#x", "4": "9 PM",
+                 "button.0": "contact.external_id"}
+    with pytest.raises(PreflightFailed) as info:
+        await campaign_for(db, uniq, [phone_factory()], variables=variables)
+    [problem] = info.value.problems
+    assert problem.startswith("variable `1`: contact.nmae is neither a contact field nor an attribute")
+    assert "did you mean contact.name?" in problem
+    assert await db.fetchval("SELECT count(*) FROM campaigns WHERE name = $1", f"camp_{uniq}") == 0
+
+
+async def test_an_attribute_some_contacts_carry_is_a_valid_field_and_launch_rechecks_it(
+        db: Database, uniq: str, phone_factory) -> None:
+    phones = [phone_factory() for _ in range(2)]
+    variables = {"1": "contact.handle", "2": "contact.genre_label", "3": "#x", "4": "9 PM",
+                 "button.0": "contact.external_id"}
+    ws = f"ws_{uniq}"
+    await add_contacts(db, ws, phones)
+    await db.execute("UPDATE contacts SET attributes = '{\"handle\": \"@asha\"}' WHERE workspace = $1"
+                     " AND wa_id = $2", ws, phones[0])
+    campaign = await campaign_for(db, uniq, [], variables=variables)  # the workspace has the attribute
+    await db.execute("UPDATE contacts SET attributes = '{}' WHERE workspace = $1", ws)
+    with pytest.raises(PreflightFailed, match="contact.handle is neither"):
+        await camp.launch(db, campaign.name)
+    assert (await get_campaign(db, campaign.name)).state == "draft"
