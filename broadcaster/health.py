@@ -32,9 +32,13 @@ Rules, written down once:
   business portfolio's limit: it sets the tier of every sender number (one portfolio per deployment).
 - webhooks carry no order (API doc §4.7): the last one handled wins.
 
-What this is not: a pause that ends without an APPROVED webhook is not detected (run
-`broadcaster templates sync` and `campaign resume`); an alert is posted at least once, not exactly
-once (a Slack POST that timed out after Slack took it is posted again).
+    run_template_recheck(db, settings)  while a campaign waits on a paused template, re-reads the
+      templates from the Graph API every TEMPLATE_RECHECK_S and resumes what is APPROVED again: a
+      pause that ends without an APPROVED webhook (a missed or dropped delivery) still ends.
+      `broadcaster templates sync` does the same once.
+
+What this is not: an alert is posted at least once, not exactly once (a Slack POST that timed out
+after Slack took it is posted again).
 """
 
 from __future__ import annotations
@@ -53,10 +57,12 @@ import trio
 
 from broadcaster import metrics
 from broadcaster.campaigns import GUARD_REASONS, compile_for, get_campaign_by_id
+from broadcaster.config import Settings
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError, NotFoundError, UsageError
 from broadcaster.inbox.slack import SlackConfig, SlackRejected, SlackUnavailable, post_escalation
 from broadcaster.logs import mask_phone
+from broadcaster.template_store import sync_templates
 
 __all__ = [
     "CHECK_INTERVAL_S", "DEFAULT_GUARDS", "GUARD_REASONS", "QUALITY_RATE", "GuardConfig", "GuardMonitor",
@@ -703,8 +709,10 @@ def _digest(names: list[str], change: TemplateChange) -> str:
     return hashlib.sha1(_json([sorted(names), change.event, change.reason, change.title]).encode()).hexdigest()[:16]
 
 
-async def _resume_waiting(db: Database, name: str, language: str) -> None:
-    """Resume the campaigns paused for (name, language) once pre-flight passes again."""
+async def _resume_waiting(db: Database, name: str, language: str) -> int:
+    """Resume the campaigns paused for (name, language) once pre-flight passes again; returns how
+    many resumed."""
+    resumed = 0
     for r in await db.fetch(_WAITING_SQL, name, language):
         still = await db.fetchrow(_STILL_PAUSED_SQL, r["id"])
         if still is not None:  # another variant it uses is still paused: wait for that one now
@@ -723,8 +731,61 @@ async def _resume_waiting(db: Database, name: str, language: str) -> None:
                          r["name"], name, language, exc)
             continue
         if await db.fetchval(_RESUME_SQL, r["id"]) is not None:
+            resumed += 1
             metrics.record_campaign_state("running")
             logger.warning("template %s/%s approved again: campaign=%s resumed", name, language, r["name"])
+    return resumed
+
+
+_APPROVED_AGAIN_SQL = """
+SELECT DISTINCT t.name, t.language FROM campaigns c
+JOIN templates t ON t.name = c.pause_detail->>'template' AND t.language = c.pause_detail->>'language'
+WHERE c.state = 'paused' AND c.pause_reason = 'template_paused' AND t.status = 'APPROVED'
+"""
+
+
+async def resume_approved_templates(db: Database) -> int:
+    """Resume the `template_paused` campaigns whose template variant the registry has APPROVED
+    again (after a sync, when the APPROVED webhook never came); pre-flight must pass. Returns how
+    many resumed."""
+    resumed = 0
+    for r in await db.fetch(_APPROVED_AGAIN_SQL):
+        resumed += await _resume_waiting(db, r["name"], r["language"])
+    return resumed
+
+
+TEMPLATE_RECHECK_S = 600.0  # Meta's pauses last 3 h then 6 h: a 10-min recheck ends them within minutes
+
+
+async def recheck_paused_templates(db: Database, settings: Settings) -> int:
+    """One pass: if a campaign waits on a paused template, read the templates from the Graph API
+    (WHATSAPP_WABA_ID) into the registry, then resume what is APPROVED again. Returns how many
+    campaigns resumed; without a WABA id only the registry as it stands is consulted."""
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM campaigns WHERE state = 'paused' AND pause_reason = 'template_paused'")
+    if not waiting:
+        return 0
+    if settings.whatsapp_waba_id:
+        summary = await sync_templates(db, settings)
+        logger.info("template recheck: %d campaign(s) wait on a paused template; read %d templates",
+                    waiting, summary.read)
+    return await resume_approved_templates(db)
+
+
+async def run_template_recheck(db: Database, settings: Settings, *, interval_s: float = TEMPLATE_RECHECK_S,
+                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """`recheck_paused_templates` every `interval_s` until cancelled; failures are logged and the
+    next round tries again."""
+    if not settings.whatsapp_waba_id:
+        logger.warning("template recheck: WHATSAPP_WABA_ID is not set, so a template pause that ends "
+                       "without an APPROVED webhook is only noticed after `broadcaster templates sync`")
+    task_status.started()
+    while True:
+        try:
+            await recheck_paused_templates(db, settings)
+        except (BroadcasterError, httpx.HTTPError, ValueError) as exc:
+            logger.error("template recheck: round failed: %s", exc)
+        await trio.sleep(interval_s)
 
 
 async def _template_quality(db: Database, value: Mapping[str, Any]) -> None:

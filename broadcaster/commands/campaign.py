@@ -320,6 +320,9 @@ def worker_cmd(lanes: int = typer.Option(32, "--lanes", help="concurrent sender 
                     from broadcaster.inbox.slack import SlackConfig
 
                     nursery.start_soon(run_alert_sender, db, SlackConfig(settings().slack_webhook_url))
+                from broadcaster.health import run_template_recheck
+
+                nursery.start_soon(run_template_recheck, db, settings())
                 console.print(f"worker {runner.owner} started; Ctrl-C stops it cleanly")
                 await runner.run()
                 nursery.cancel_scope.cancel()

@@ -29,13 +29,19 @@ def import_cmd(path: Path = typer.Argument(..., help="Graph `message_templates` 
 
 @app.command("sync")
 def sync_cmd() -> None:
-    """Fetch every template from the Graph API (WHATSAPP_WABA_ID), following paging, and upsert."""
+    """Fetch every template from the Graph API (WHATSAPP_WABA_ID), following paging, and upsert;
+    campaigns paused for a template that is APPROVED again resume."""
 
     async def main() -> None:
+        from broadcaster.health import resume_approved_templates
+
         async with database() as db:
             summary = await sync_templates(db, settings())
+            resumed = await resume_approved_templates(db)
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items()))
         console.print(f"synced {summary.read} templates ({statuses})")
+        if resumed:
+            console.print(f"{resumed} campaign(s) paused for a template approved again: resumed")
 
     run(main)
 

@@ -196,7 +196,9 @@ class Sandbox:
         if waba_id != self.config.waba_id:
             return _graph_error(100, f"Unsupported get request. Object with ID '{waba_id}' does "
                                 "not exist.")
-        docs = list(self.config.templates or ())
+        overrides = self.faults.template_status  # a template paused at run time lists as such
+        docs = [{**d, "status": overrides.get(f"{d.get('name')}/{d.get('language')}", d.get("status"))}
+                if overrides else d for d in self.config.templates or ()]
         try:
             limit = int(request.query.get("limit", DEFAULT_PAGE))
             start = _uncursor(request.query["after"]) if "after" in request.query else 0

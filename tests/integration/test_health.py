@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from broadcaster.db import Database
 from broadcaster.errors import NotFoundError, StateError
 from broadcaster.httpserver import Request, Response, serve_http
 from broadcaster.inbox.slack import SlackConfig
-from tests.integration.factories import campaign_for
+from tests.integration.factories import campaign_for, settings_for
 
 TEMPLATE = "daily_campaign_invite"
 NUMBER = "106540352242922"
@@ -133,6 +134,33 @@ async def test_approval_of_one_variant_waits_for_another_paused_variant_the_camp
     finally:
         await db.execute("UPDATE templates SET status = 'APPROVED' WHERE name = $1 AND language IN ('pa', 'ml')",
                          TEMPLATE)
+        await finish(db, c)
+
+
+async def test_a_pause_that_ends_without_a_webhook_is_noticed_by_the_recheck(
+        db: Database, db_url: str, sandbox: Any, uniq: str, phone_factory: Any) -> None:
+    """Meta's APPROVED webhook never comes: the worker's recheck reads the templates from the Graph
+    API (the sandbox) and resumes the campaign once the variant is APPROVED there again."""
+    c = await running(db, uniq, [phone_factory() for _ in range(3)], language="pa")
+    settings = settings_for(db_url, sandbox, whatsapp_waba_id=sandbox.config.waba_id)
+    try:
+        await trio.to_thread.run_sync(partial(sandbox.set_faults, template_status={f"{TEMPLATE}/pa": "PAUSED"}))
+        await health.handle_change(db, "message_template_status_update", status_value("PAUSED"))
+        assert (await get_campaign(db, c.name)).pause_reason == "template_paused"
+        assert await health.recheck_paused_templates(db, settings) == 0, "still PAUSED at Meta"
+        assert await template_status(db, "pa") == "PAUSED"
+
+        await trio.to_thread.run_sync(sandbox.set_faults)  # the pause ends, silently
+        without_waba = settings_for(db_url, sandbox)
+        assert await health.recheck_paused_templates(db, without_waba) == 0, "no WABA id: nothing to read"
+        assert await health.recheck_paused_templates(db, settings) == 1
+        assert await template_status(db, "pa") == "APPROVED"
+        got = await get_campaign(db, c.name)
+        assert (got.state, got.pause_reason) == ("running", None)
+        assert await health.recheck_paused_templates(db, settings) == 0
+    finally:
+        await trio.to_thread.run_sync(sandbox.set_faults)
+        await db.execute("UPDATE templates SET status = 'APPROVED' WHERE name = $1 AND language = 'pa'", TEMPLATE)
         await finish(db, c)
 
 
