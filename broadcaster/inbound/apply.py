@@ -47,6 +47,7 @@ from broadcaster.inbound.statuses import (
     StatusEvent,
     apply_new_statuses,
     apply_rechecks,
+    apply_reply_statuses,
     clean_text,
 )
 
@@ -306,6 +307,8 @@ class ApplyWorker:
                 changes.extend((r["id"], c) for c in parsed.changes)
                 await trio.lowlevel.checkpoint()  # a 1,000-status body must not stall the server
             result = await apply_new_statuses(conn, statuses) if statuses else ApplyResult()
+            # a status no ledger row took may be for one of our free-form inbox replies
+            replies = await apply_reply_statuses(conn, statuses) if result.unmatched else []
             if dead:
                 await conn.execute(INSERT_DEAD_SQL, [i for i, _ in dead],
                                    [clean_text(d.field, 200) for _, d in dead],
@@ -319,6 +322,10 @@ class ApplyWorker:
                                    [orjson.dumps(jsonable(c.value)).decode() for _, c in changes])
             await conn.execute(MARK_PROCESSED_SQL, claimed)
         self._after_batch(len(rows), statuses, result, len(dead), len(changes))
+        for r in replies:
+            if r.status == "failed":
+                logger.warning("inbox reply %d (conversation %d) failed at WhatsApp: code %s %s", r.reply_id,
+                               r.conversation_id, r.error_code, r.error_title or "")
         return rows[0]["locked_n"] >= limit or rows[0]["locked_n"] > len(rows)
 
     def _after_batch(self, bodies: int, statuses: list[StatusEvent], result: ApplyResult,

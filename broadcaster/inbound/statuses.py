@@ -36,10 +36,12 @@ __all__ = [
     "RANKS",
     "WAMID_GATE_LOCK",
     "ApplyResult",
+    "ReplyStatus",
     "StatusEvent",
     "UnrecognisedStatus",
     "apply_new_statuses",
     "apply_rechecks",
+    "apply_reply_statuses",
     "dedupe",
     "final_state",
     "next_state",
@@ -413,6 +415,50 @@ async def apply_new_statuses(conn: Connection, events: Sequence[StatusEvent]) ->
         row = await conn.fetchrow(APPLY_NEW_SQL, *_columns(unique[start:start + CHUNK]))
         total = total + _result(row)
     return total
+
+
+APPLY_REPLY_STATUSES_SQL = """
+WITH ev AS (
+    SELECT DISTINCT ON (wamid) wamid, status, error_code, error_title
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::text[]) AS e(wamid, status, error_code, error_title)
+    ORDER BY wamid, (status = 'failed') DESC
+), upd AS (
+    UPDATE inbox_replies r
+    SET state = CASE WHEN ev.status = 'failed' THEN 'failed' WHEN r.state = 'unknown' THEN 'sent' ELSE r.state END,
+        error_code = CASE WHEN ev.status = 'failed' THEN ev.error_code ELSE r.error_code END,
+        error = CASE WHEN ev.status = 'failed' THEN coalesce(ev.error_title, 'failed') ELSE r.error END
+    FROM ev
+    WHERE r.wamid = ev.wamid AND r.state <> 'failed'
+    RETURNING r.id, r.conversation_id, ev.status, ev.error_code, ev.error_title
+), gone AS (
+    DELETE FROM status_pending p USING inbox_replies r
+    WHERE p.wamid = ANY($1::text[]) AND r.wamid = p.wamid
+)
+SELECT id, conversation_id, status, error_code, error_title FROM upd
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStatus:
+    """A status applied to one of our free-form inbox replies."""
+
+    reply_id: int
+    conversation_id: int
+    status: str
+    error_code: int | None
+    error_title: str | None
+
+
+async def apply_reply_statuses(conn: Connection, events: Sequence[StatusEvent]) -> list[ReplyStatus]:
+    """Apply statuses whose wamid is an inbox reply's (they match no ledger row): `failed` (e.g.
+    131047, the 24 h window closed) marks the reply failed with the code; any other status confirms
+    an `unknown` reply as sent. Their `status_pending` entries are dropped. One statement."""
+    if not events:
+        return []
+    rows = await conn.fetch(APPLY_REPLY_STATUSES_SQL, [e.wamid for e in events], [e.status for e in events],
+                            [e.error_code for e in events], [e.error_title for e in events])
+    return [ReplyStatus(r["id"], r["conversation_id"], r["status"], r["error_code"], r["error_title"])
+            for r in rows]
 
 
 async def apply_rechecks(db: Database, *, limit: int = CHUNK,

@@ -11,11 +11,13 @@ import pytest
 
 from broadcaster.db import Database
 from broadcaster.errors import StateError
+from broadcaster.inbound.apply import Hooks
 from broadcaster.inbox import directory
 from broadcaster.inbox.conversations import resolve_conversation
 from broadcaster.inbox.reply import CloudApiSender, WindowClosed, send_agent_reply, send_due_bot_replies
 from broadcaster.transport import TransportConfig
 from tests.integration.test_inbox_handler import T0, Env, add_contact, make_env, text, value_for
+from tests.integration.webhook_support import change, envelope, running_receiver, status
 
 
 @pytest.fixture
@@ -92,6 +94,28 @@ async def test_131047_from_the_api_is_the_same_clear_error(db: Database, uniq: s
             await client.post(f"{base}/_sandbox/faults", json={})
     reply = await db.fetchrow("SELECT state, error_code FROM inbox_replies WHERE conversation_id = $1", conv)
     assert tuple(reply) == ("failed", 131047)
+
+
+async def test_a_131047_status_webhook_for_a_sent_reply_marks_it_failed(
+        db: Database, uniq: str, phone_factory, sandbox: object, sender: CloudApiSender) -> None:
+    """The API accepted the reply, then WhatsApp failed it by webhook: the reply row says so."""
+    env = await make_env(db, uniq)
+    phone = phone_factory()
+    await add_contact(db, env, phone)
+    now = datetime.now(UTC)
+    conv = await _open_conversation(db, env, phone, now - timedelta(minutes=1))
+    sent = await send_agent_reply(db, sender, conv, "hello?", now=now)
+    ts = int(now.timestamp())
+    async with running_receiver(db, hooks=Hooks()) as rx:
+        for doc in (envelope([change([status(sent.wamid, "sent", ts, recipient=phone)])]),
+                    envelope([change([status(sent.wamid, "failed", ts + 1, recipient=phone, code=131047)])]),
+                    envelope([change([status(sent.wamid, "delivered", ts + 2, recipient=phone)])])):
+            assert (await rx.post(doc)).status_code == 200
+            await rx.applied()
+    reply = await db.fetchrow("SELECT state, error_code, error FROM inbox_replies WHERE id = $1", sent.reply_id)
+    assert (reply["state"], reply["error_code"]) == ("failed", 131047)
+    assert "131047" in reply["error"]
+    assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = $1", sent.wamid) == 0
 
 
 async def test_resolved_conversation_takes_no_reply(db: Database, uniq: str, phone_factory,
