@@ -206,7 +206,7 @@ class CampaignRunner:
             if num.tier is None:
                 return num, None
             usage = await tier_usage(self.db, num.phone_number_id, num.tier,
-                                     is_default=num.phone_number_id == self.settings.whatsapp_phone_number_id)
+                                     default_number=self.settings.whatsapp_phone_number_id)
             metrics.set_tier_budget(num.phone_number_id, usage.limit, usage.remaining)
             if not usage.exhausted:
                 # remaining may be 0 while rows are in flight: claim nothing, let them land

@@ -1,8 +1,8 @@
 """Sender numbers (WhatsApp phone_number_id) and their budgets: messages/s and the daily tier.
 
-The tier counts unique recipients reached in a rolling 24 h per number (Meta counts per business
-portfolio; one number per portfolio is the common case here). Rows in flight (claimed) count too,
-so several workers can never overshoot it together.
+The tier counts unique recipients reached in a rolling 24 h per business portfolio, as Meta does
+since Oct 2025: every number of a portfolio (`numbers add --portfolio`, default 'default') draws on
+one budget. Rows in flight (claimed) count too, so several workers can never overshoot it together.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class SenderNumber:
     mps: int
     tier: int | None
     quality: str
+    portfolio: str = "default"
 
 
 def parse_tier(value: str) -> int | None:
@@ -54,14 +55,22 @@ def check_mps(mps: int) -> int:
     return mps
 
 
+def check_portfolio(portfolio: str) -> str:
+    value = portfolio.strip()
+    if not value or len(value) > 100:
+        raise UsageError(f"--portfolio {portfolio!r}: give the business portfolio's name or id (1-100 characters)")
+    return value
+
+
 async def add_number(db: Database, phone_number_id: str, *, workspace: str, mps: int = 80,
-                     tier: int | None = None) -> SenderNumber:
+                     tier: int | None = None, portfolio: str = "default") -> SenderNumber:
     check_mps(mps)
+    portfolio = check_portfolio(portfolio)
     await db.execute("INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT DO NOTHING", workspace)
     try:
         await db.execute(
-            "INSERT INTO sender_numbers (phone_number_id, workspace, mps, tier) VALUES ($1, $2, $3, $4)",
-            phone_number_id, workspace, mps, tier)
+            "INSERT INTO sender_numbers (phone_number_id, workspace, mps, tier, portfolio)"
+            " VALUES ($1, $2, $3, $4, $5)", phone_number_id, workspace, mps, tier, portfolio)
     except UniqueViolation as exc:
         raise StateError(f"number {phone_number_id} already exists: change it with "
                          f"`broadcaster numbers set {phone_number_id} --mps N`") from exc
@@ -70,7 +79,8 @@ async def add_number(db: Database, phone_number_id: str, *, workspace: str, mps:
 
 async def get_number(db: Database, phone_number_id: str) -> SenderNumber:
     row = await db.fetchrow(
-        "SELECT phone_number_id, workspace, mps, tier, quality FROM sender_numbers WHERE phone_number_id = $1",
+        "SELECT phone_number_id, workspace, mps, tier, quality, portfolio FROM sender_numbers"
+        " WHERE phone_number_id = $1",
         phone_number_id)
     if row is None:
         raise NotFoundError(f"number {phone_number_id} is not configured: "
@@ -79,8 +89,11 @@ async def get_number(db: Database, phone_number_id: str) -> SenderNumber:
 
 
 async def set_number(db: Database, phone_number_id: str, *, mps: int | None = None,
-                     tier: int | None | str = "keep") -> SenderNumber:
+                     tier: int | None | str = "keep", portfolio: str | None = None) -> SenderNumber:
     await get_number(db, phone_number_id)
+    if portfolio is not None:
+        await db.execute("UPDATE sender_numbers SET portfolio = $2 WHERE phone_number_id = $1", phone_number_id,
+                         check_portfolio(portfolio))
     if mps is not None:
         check_mps(mps)
         from broadcaster.health import mps_for_quality
@@ -96,14 +109,15 @@ async def set_number(db: Database, phone_number_id: str, *, mps: int | None = No
 
 
 async def list_numbers(db: Database) -> list[SenderNumber]:
-    rows = await db.fetch("SELECT phone_number_id, workspace, mps, tier, quality FROM sender_numbers ORDER BY 1")
+    rows = await db.fetch("SELECT phone_number_id, workspace, mps, tier, quality, portfolio FROM sender_numbers"
+                          " ORDER BY 1")
     return [SenderNumber(**dict(r)) for r in rows]
 
 
 @dataclass(frozen=True)
 class TierUsage:
     limit: int | None
-    reached: int                    # unique recipients accepted from this number in the last 24 h
+    reached: int                    # unique recipients accepted from the number's portfolio in 24 h
     in_flight: int                  # rows claimed right now by campaigns that may send from it
     oldest_at: datetime | None      # oldest first-contact in the window: budget frees up 24 h after it
 
@@ -118,24 +132,27 @@ class TierUsage:
         return self.limit is not None and self.reached >= self.limit
 
 
-async def tier_usage(db: Database, phone_number_id: str, limit: int | None, *, is_default: bool) -> TierUsage:
-    """Unique recipients reached from this number in the rolling 24 h, and rows in flight for
-    campaigns that may send from it (one query). Conservative: in-flight rows of a pool campaign
-    count against every number of its pool."""
+async def tier_usage(db: Database, phone_number_id: str, limit: int | None, *,
+                     default_number: str | None) -> TierUsage:
+    """Unique recipients reached in the rolling 24 h from any number of this number's business
+    portfolio, and rows in flight for campaigns that may send from one of them (one query).
+    `default_number` (WHATSAPP_PHONE_NUMBER_ID) sends for campaigns without a number. Conservative:
+    in-flight rows of a pool campaign count against every portfolio of its pool."""
     if limit is None:
         return TierUsage(None, 0, 0, None)
     row = await db.fetchrow(
         """
+        WITH p AS (SELECT portfolio_numbers($1, $2) AS ids)
         SELECT count(DISTINCT l.wa_id) FILTER (WHERE l.accepted_at > now() - interval '24 hours'
-               AND COALESCE(l.phone_number_id, k.phone_number_id, CASE WHEN $2 THEN $1 END) = $1) AS reached,
+               AND COALESCE(l.phone_number_id, k.phone_number_id, $2) = ANY(p.ids)) AS reached,
                count(*) FILTER (WHERE l.state = 'claimed') AS in_flight,
                min(l.accepted_at) FILTER (WHERE l.accepted_at > now() - interval '24 hours'
-               AND COALESCE(l.phone_number_id, k.phone_number_id, CASE WHEN $2 THEN $1 END) = $1) AS oldest
-        FROM ledger l JOIN campaigns k ON k.id = l.campaign_id
+               AND COALESCE(l.phone_number_id, k.phone_number_id, $2) = ANY(p.ids)) AS oldest
+        FROM ledger l JOIN campaigns k ON k.id = l.campaign_id, p
         WHERE (l.accepted_at > now() - interval '24 hours'
-               AND COALESCE(l.phone_number_id, k.phone_number_id, CASE WHEN $2 THEN $1 END) = $1)
+               AND COALESCE(l.phone_number_id, k.phone_number_id, $2) = ANY(p.ids))
            OR (l.state = 'claimed'
-               AND (k.phone_number_id = $1 OR $1 = ANY(k.number_pool)
-                    OR ($2 AND k.phone_number_id IS NULL AND cardinality(k.number_pool) = 0)))
-        """, phone_number_id, is_default)
+               AND (k.phone_number_id = ANY(p.ids) OR k.number_pool && p.ids
+                    OR (k.phone_number_id IS NULL AND cardinality(k.number_pool) = 0 AND $2 = ANY(p.ids))))
+        """, phone_number_id, default_number)
     return TierUsage(limit, int(row["reached"]), int(row["in_flight"]), row["oldest"])

@@ -15,7 +15,8 @@ Guarantees:
 What it is not: not a promise. The ETA assumes the number sends at its configured rate
 (sender_numbers.mps, default 80/s) without throttling; throttles (130429) and retries make a
 real run slower. The tier (sender_numbers.tier, NULL = unlimited) counts unique recipients
-accepted from the number in a rolling 24 h (`broadcaster.numbers.tier_usage`); when it runs
+accepted from any number of the number's business portfolio in a rolling 24 h
+(`broadcaster.numbers.tier_usage`); when it runs
 out the engine pauses the campaign (`tier_exhausted`) until budget frees up.
 """
 
@@ -163,7 +164,8 @@ SELECT count(*) FROM (SELECT DISTINCT wa_id FROM ledger
                       WHERE campaign_id = $1 AND state IN ('pending', 'claimed', 'unknown')) todo
 WHERE NOT EXISTS (
     SELECT 1 FROM ledger o JOIN campaigns k ON k.id = o.campaign_id
-    WHERE o.wa_id = todo.wa_id AND (k.phone_number_id = $2 OR ($3 AND k.phone_number_id IS NULL))
+    WHERE o.wa_id = todo.wa_id
+      AND COALESCE(o.phone_number_id, k.phone_number_id, $3) = ANY(portfolio_numbers($2, $3))
       AND (o.accepted_at > now() - interval '24 hours' OR o.state = 'claimed'))
 """
 
@@ -195,18 +197,17 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
         row = await db.fetchrow("SELECT mps, tier FROM sender_numbers WHERE phone_number_id = $1", number)
         if row is not None:
             mps, tier = float(row["mps"]), row["tier"]
-    number_is_default = number is not None and number == default_number
     tiered = number if tier is not None else None  # new recipients matter only under a tier
 
     frozen = campaign.state not in NOT_LAUNCHED
     if frozen:
         rows = await db.fetch(_COUNTS, campaign.id)
-        new = await _new_recipients(db, campaign.id, tiered, number_is_default)
+        new = await _new_recipients(db, campaign.id, tiered, default_number)
     elif compiled is not None:
         async with _rolled_back(db) as conn:
             await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
             rows = await conn.fetch(_COUNTS, campaign.id)
-            new = await _new_recipients(conn, campaign.id, tiered, number_is_default)
+            new = await _new_recipients(conn, campaign.id, tiered, default_number)
     else:  # pre-flight failed: no language choice possible; count the segment by contact language
         rows, new = await _segment_counts(db, campaign), None
 
@@ -227,7 +228,7 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
     to_send = sum(by_language.values())
     by_language = dict(sorted(by_language.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    usage = await tier_usage(db, number, tier, is_default=number_is_default) if number and tier else None
+    usage = await tier_usage(db, number, tier, default_number=default_number) if number and tier else None
     reached = usage.reached if usage else 0
     remaining = usage.remaining if usage else None
     start = now
@@ -248,10 +249,10 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
 
 
 async def _new_recipients(db: Database | Connection, campaign_id: int, number: str | None,
-                          is_default: bool) -> int | None:
+                          default_number: str | None) -> int | None:
     if number is None:
         return None
-    return int(await db.fetchval(_NEW_RECIPIENTS, campaign_id, number, is_default))
+    return int(await db.fetchval(_NEW_RECIPIENTS, campaign_id, number, default_number))
 
 
 async def _segment_counts(db: Database, campaign: Campaign) -> list[dict[str, Any]]:

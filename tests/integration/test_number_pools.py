@@ -9,7 +9,7 @@ import trio
 from broadcaster import campaigns as camp
 from broadcaster.db import Database
 from broadcaster.ledger import LedgerStore
-from broadcaster.numbers import add_number
+from broadcaster.numbers import add_number, tier_usage
 from tests.integration.factories import campaign_for, run_campaign, settings_for
 
 
@@ -22,7 +22,7 @@ async def test_tier_used_up_pauses_with_reason_and_resume_time_never_fails(
     number = new_number()
     phones = [phone_factory() for _ in range(150)]
     campaign = await campaign_for(db, uniq, phones)
-    await add_number(db, number, workspace=f"ws_{uniq}", mps=1000, tier=100)
+    await add_number(db, number, workspace=f"ws_{uniq}", mps=1000, tier=100, portfolio=f"pf_{uniq}")
     await db.execute("UPDATE campaigns SET phone_number_id = $2 WHERE id = $1", campaign.id, number)
     await run_campaign(db, settings_for(db_url, sandbox), campaign)
 
@@ -39,8 +39,9 @@ async def test_two_number_pool_spills_over_500_then_700_nobody_twice(
     first, second = new_number(), new_number()
     phones = [phone_factory() for _ in range(1200)]
     campaign = await campaign_for(db, uniq, phones)
-    await add_number(db, first, workspace=f"ws_{uniq}", mps=1000, tier=500)
-    await add_number(db, second, workspace=f"ws_{uniq}", mps=1000, tier=10_000)
+    # two business portfolios: two daily budgets
+    await add_number(db, first, workspace=f"ws_{uniq}", mps=1000, tier=500, portfolio=f"pf_{uniq}_a")
+    await add_number(db, second, workspace=f"ws_{uniq}", mps=1000, tier=10_000, portfolio=f"pf_{uniq}_b")
     await db.execute("UPDATE campaigns SET phone_number_id = $2, number_pool = $3 WHERE id = $1",
                      campaign.id, first, [first, second])
     await run_campaign(db, settings_for(db_url, sandbox), campaign)
@@ -54,6 +55,32 @@ async def test_two_number_pool_spills_over_500_then_700_nobody_twice(
     assert stats["accepted_by_number"][second] == 700
     seen = await trio.to_thread.run_sync(sandbox.recipients)
     assert all(seen.get(p) == 1 for p in phones), "no recipient gets it from both numbers"
+
+
+async def test_numbers_of_one_portfolio_share_its_daily_budget(
+        db: Database, db_url: str, sandbox, uniq: str, phone_factory) -> None:
+    """Meta's limit is per business portfolio (API doc §3.3): a pool inside one portfolio cannot
+    spill over; 300 reached from either number count against the same 300."""
+    first, second = new_number(), new_number()
+    phones = [phone_factory() for _ in range(400)]
+    campaign = await campaign_for(db, uniq, phones)
+    for n in (first, second):
+        await add_number(db, n, workspace=f"ws_{uniq}", mps=1000, tier=300, portfolio=f"pf_{uniq}")
+    await db.execute("UPDATE campaigns SET phone_number_id = $2, number_pool = $3 WHERE id = $1",
+                     campaign.id, first, [first, second])
+    await run_campaign(db, settings_for(db_url, sandbox), campaign)
+
+    c = await camp.get_campaign(db, campaign.name)
+    assert (c.state, c.pause_reason, c.pause_detail["reached_24h"]) == ("paused", "tier_exhausted", 300)
+    counts = await LedgerStore(db).counts(campaign.id)
+    assert counts["accepted"] == 300 and counts["pending"] == 100 and counts["failed"] == 0, counts.by_state
+    # another portfolio's number still has its own budget
+    other = new_number()
+    await add_number(db, other, workspace=f"ws_{uniq}", mps=1000, tier=300, portfolio=f"pf_{uniq}_other")
+    usage = await tier_usage(db, other, 300, default_number=None)
+    assert (usage.reached, usage.remaining) == (0, 300)
+    shared = await tier_usage(db, second, 300, default_number=None)
+    assert (shared.reached, shared.remaining) == (300, 0)
 
 
 async def test_numbers_set_mps_keeps_a_quality_lowered_rate(db: Database, uniq: str) -> None:
