@@ -20,13 +20,14 @@ from typing import Any
 
 from broadcaster.db import Connection, Database, Record, UniqueViolation
 from broadcaster.errors import InputError, NotFoundError, StateError, UsageError
+from segments.canon import GENRES, LANGUAGES, closest_genre, closest_language
 from segments.errors import FilterError
 from segments.filters import SegmentFilter, compile_filter
 from segments.phones import mask_phone
 
-__all__ = ["ContactPreview", "SegmentInfo", "count_filter", "count_segment", "create_segment", "delete_segment",
-           "explain_count", "get_segment", "get_segment_info", "list_segments", "preview_segment",
-           "update_segment"]
+__all__ = ["ContactPreview", "SegmentInfo", "check_filter_values", "count_filter", "count_segment",
+           "create_segment", "delete_segment", "explain_count", "get_segment", "get_segment_info",
+           "list_segments", "preview_segment", "update_segment"]
 
 Executor = Database | Connection
 MAX_PREVIEW = 1_000
@@ -85,16 +86,61 @@ async def _require_workspace(db: Executor, workspace: str) -> None:
                             f"(`broadcaster contacts import FILE --workspace {workspace}`)")
 
 
-async def create_segment(db: Executor, name: str, filter: SegmentFilter) -> SegmentInfo:
+_VALUE_CHECKS = (  # filter field, CLI flag, SQL: which of $2 (text[]) some contact of workspace $1 has
+    ("genres", "--genre", "SELECT array_agg(DISTINCT genre) FROM contacts WHERE workspace = $1 AND genre = ANY($2)"),
+    ("languages", "--language",
+     "SELECT array_agg(DISTINCT language) FROM contacts WHERE workspace = $1 AND language = ANY($2)"),
+    ("tags_any", "--tag-any", "SELECT array_agg(DISTINCT t) FROM contacts, unnest(tags) AS t"
+                              " WHERE workspace = $1 AND tags && $2 AND t = ANY($2)"),
+    ("tags_all", "--tag-all", "SELECT array_agg(DISTINCT t) FROM contacts, unnest(tags) AS t"
+                              " WHERE workspace = $1 AND tags && $2 AND t = ANY($2)"),
+    ("cities", "--city", "SELECT array_agg(DISTINCT lower(city)) FROM contacts"
+                         " WHERE workspace = $1 AND lower(city) = ANY($2)"),
+)
+
+
+async def check_filter_values(db: Executor, f: SegmentFilter) -> None:
+    """Refuse a filter value that can only match nobody: a genre or language that is neither known
+    (segments.canon) nor carried by any contact of the workspace, a tag or city no contact has. A
+    typo (`--genre comdy`) would otherwise store a segment of 0 contacts and launch campaigns to it.
+
+    Raises:
+        InputError: naming every such value, its flag and the closest known value.
+    """
+    problems = []
+    for field, flag, sql in _VALUE_CHECKS:
+        values = [v.lower() if field == "cities" else v for v in getattr(f, field)]
+        known = GENRES if field == "genres" else LANGUAGES if field == "languages" else frozenset()
+        unknown = [v for v in values if v not in known]
+        if not unknown:
+            continue
+        present = set(await db.fetchval(sql, f.workspace, unknown) or ())
+        for value in unknown:
+            if value in present:
+                continue
+            close = closest_genre(value) if field == "genres" else closest_language(value) if known else None
+            hint = f" (did you mean {close!r}?)" if close else ""
+            what = field.rstrip("s").replace("tags_any", "tag").replace("tags_all", "tag").replace("citie", "city")
+            problems.append(f"{flag} {value!r}: no contact in workspace '{f.workspace}' has this {what}{hint}")
+    if problems:
+        raise InputError("the segment would match nobody:\n  - " + "\n  - ".join(problems)
+                         + "\n(pass --allow-unknown to store it anyway, e.g. before importing those contacts)")
+
+
+async def create_segment(db: Executor, name: str, filter: SegmentFilter, *,
+                         allow_unknown: bool = False) -> SegmentInfo:
     """Store a new named segment.
 
     Raises:
         UsageError: the name is not allowed.
         NotFoundError: the filter's workspace does not exist.
+        InputError: a filter value matches no contact (`check_filter_values`), unless allow_unknown.
         StateError: a segment with this name exists already.
     """
     _check_name(name)
     await _require_workspace(db, filter.workspace)
+    if not allow_unknown:
+        await check_filter_values(db, filter)
     try:
         row = await db.fetchrow(
             "INSERT INTO segments (name, workspace, filter) VALUES ($1, $2, $3::jsonb)"
@@ -133,13 +179,17 @@ async def _campaigns_using(db: Executor, name: str) -> list[str]:
         "SELECT name FROM campaigns WHERE segment = $1 ORDER BY name", name)]
 
 
-async def update_segment(db: Database, name: str, filter: SegmentFilter) -> SegmentInfo:
+async def update_segment(db: Database, name: str, filter: SegmentFilter, *,
+                         allow_unknown: bool = False) -> SegmentInfo:
     """Replace the filter of an existing segment.
 
     Raises:
         NotFoundError: no such segment, or the new workspace does not exist.
+        InputError: a filter value matches no contact (`check_filter_values`), unless allow_unknown.
         StateError: the workspace would change while a campaign uses the segment.
     """
+    if not allow_unknown:
+        await check_filter_values(db, filter)
     async with db.transaction() as conn:
         row = await conn.fetchrow("SELECT workspace FROM segments WHERE name = $1 FOR UPDATE", name)
         if row is None:

@@ -12,11 +12,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import difflib
 import re
 
 __all__ = [
     "GENRES", "LANGUAGES", "WHATSAPP_LANGUAGES", "canonical_city", "canonical_genre", "canonical_language",
-    "canonical_tags",
+    "canonical_tags", "closest_genre", "closest_language",
 ]
 
 _SPACES = re.compile(r"\s+")
@@ -125,3 +126,18 @@ def canonical_tags(raw: object) -> tuple[str, ...]:
     else:
         parts = _TAG_SPLIT.split(str(raw))
     return tuple(sorted({_squash(p).lower() for p in parts} - {""}))
+
+
+def closest_genre(raw: str) -> str | None:
+    """The canonical genre a misspelt value most likely means ('comdy' → 'humor'), else None."""
+    match = difflib.get_close_matches(_squash(raw).lower(), [*GENRES, *_GENRE_SYNONYMS], n=1, cutoff=0.7)
+    return _GENRE_SYNONYMS.get(match[0], match[0]) if match else None
+
+
+def closest_language(raw: str) -> str | None:
+    """The language code a misspelt value most likely means ('hindee' → 'hi'), else None."""
+    lower = _squash(raw).lower()
+    match = difflib.get_close_matches(lower, [*_LANGUAGE_BY_LOWER, *_LANGUAGE_NAMES], n=1, cutoff=0.7)
+    if not match:
+        return None
+    return _LANGUAGE_BY_LOWER.get(match[0]) or _LANGUAGE_NAMES[match[0]]

@@ -40,6 +40,8 @@ _followers_min = typer.Option(None, "--followers-min", min=0)
 _followers_max = typer.Option(None, "--followers-max", min=0)
 _active = typer.Option(None, "--active-within-days", min=1, help="last active within N days")
 _opted = typer.Option(None, "--opted-in/--opted-out", help="only contacts opted in (or out) of marketing")
+_allow_unknown = typer.Option(False, "--allow-unknown",
+                               help="store it even if a genre, language, tag or city matches no contact yet")
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -72,7 +74,7 @@ def create_cmd(
     genre: list[str] = _genre, language: list[str] = _language, tag_any: list[str] = _tag_any,
     tag_all: list[str] = _tag_all, tag_none: list[str] = _tag_none, city: list[str] = _city,
     followers_min: int = _followers_min, followers_max: int = _followers_max,
-    active_within_days: int = _active, opted_in: bool = _opted,
+    active_within_days: int = _active, opted_in: bool = _opted, allow_unknown: bool = _allow_unknown,
 ) -> None:
     """Create a named segment; e.g. `segments create hi_humor -w originals -g humor -l hi --opted-in`."""
 
@@ -82,7 +84,7 @@ def create_cmd(
             followers_min=followers_min, followers_max=followers_max, active_within_days=active_within_days,
             opted_in=opted_in)})
         async with database() as db:
-            await create_segment(db, name, f)
+            await create_segment(db, name, f, allow_unknown=allow_unknown)
             size = await count_segment(db, name)
         console.print(f"segment {name}: {f.describe()} — {size} contacts now", markup=False, soft_wrap=True)
 
@@ -98,6 +100,7 @@ def edit_cmd(
     followers_min: int = _followers_min, followers_max: int = _followers_max,
     active_within_days: int = _active, opted_in: bool = _opted,
     clear: list[str] = typer.Option(None, "--clear", help=f"drop a condition: {', '.join(_CLEARABLE)}"),
+    allow_unknown: bool = _allow_unknown,
 ) -> None:
     """Change a segment: given options replace those conditions, `--clear FIELD` removes one."""
 
@@ -116,7 +119,7 @@ def edit_cmd(
                 followers_min=followers_min, followers_max=followers_max, active_within_days=active_within_days,
                 opted_in=opted_in))
             f = _build(fields)
-            await update_segment(db, name, f)
+            await update_segment(db, name, f, allow_unknown=allow_unknown)
             size = await count_segment(db, name)
         console.print(f"segment {name}: {f.describe()} — {size} contacts now", markup=False, soft_wrap=True)
 
