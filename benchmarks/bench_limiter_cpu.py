@@ -16,7 +16,15 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ratelimit import AimdController, MemoryTokenStore, PairSpacing, SharedBucket, TokenBucket
+from ratelimit import (
+    AimdController,
+    MemorySlotStore,
+    MemoryTokenStore,
+    PacedLimiter,
+    PairSpacing,
+    SharedBucket,
+    TokenBucket,
+)
 
 OPEN_RATE = 1e12  # messages/s: never the bottleneck
 
@@ -77,6 +85,25 @@ async def saturated_lanes(n: int) -> None:
             nursery.start_soon(lane)
 
 
+PACED_RATE = 1_000.0  # the highest per-number ceiling WhatsApp grants
+
+
+async def paced_lanes(n: int) -> None:
+    """What the engine runs per number: 32 lanes on one PacedLimiter (GCRA slot reservations, here
+    over MemorySlotStore) at PACED_RATE on the real clock (n / rate seconds)."""
+    limiter = PacedLimiter(MemorySlotStore(), "bench", PACED_RATE)
+    per_lane = n // 32
+
+    async def lane() -> None:
+        for _ in range(per_lane):
+            await limiter.take()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(32):
+            nursery.start_soon(lane)
+    store_calls["paced"] = limiter.statistics().store_calls
+
+
 def pair_reserve(n: int) -> None:
     now = [0.0]
     pair = PairSpacing(6.0, clock=lambda: now[0])
@@ -99,6 +126,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000, help="calls per row")
     n = parser.parse_args().n
     saturated_n = min(n, 40_000) // 32 * 32  # about 2 s of real time
+    paced_n = 3_200  # 3.2 s of real time at PACED_RATE
     rows = [
         ("trio checkpoint (the floor of any take)", in_trio(n, checkpoint_only)),
         ("TokenBucket.take, open", in_trio(n, bucket_take)),
@@ -106,6 +134,8 @@ def main() -> None:
         ("SharedBucket.take, open, MemoryTokenStore", in_trio(n, shared_take)),
         (f"TokenBucket.take, 32 lanes queued at {SATURATED_RATE:,.0f}/s (real clock)",
          in_trio(saturated_n, saturated_lanes)),
+        (f"PacedLimiter.take, 32 lanes at {PACED_RATE:,.0f}/s, MemorySlotStore (real clock)",
+         in_trio(paced_n, paced_lanes)),
         ("PairSpacing.try_reserve, 1,000 new keys/s", cpu_us_per_call(n, lambda: pair_reserve(n))),
         ("AimdController.current_rate", cpu_us_per_call(n, lambda: aimd_rate(n))),
     ]
@@ -116,7 +146,8 @@ def main() -> None:
     floor = rows[0][1]
     print(f"\ntake() over the bare checkpoint: {rows[1][1] / floor:.1f}x; "
           f"SharedBucket store round trips: {store_calls['shared']:,} for {n:,} takes "
-          f"(1 per {n / store_calls['shared']:.0f})")
+          f"(1 per {n / store_calls['shared']:.0f}); PacedLimiter slot reservations: {store_calls['paced']:,} "
+          f"for {paced_n:,} takes (1 per {paced_n / store_calls['paced']:.0f})")
 
 
 if __name__ == "__main__":
