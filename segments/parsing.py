@@ -96,17 +96,19 @@ class ContactFile:
         known = [(key, i) for i, (key, is_known) in enumerate(header) if is_known]
         unknown = [(key, i) for i, (key, is_known) in enumerate(header) if not is_known]
         reader = csv.reader(self._stream, delimiter=self._delimiter, strict=True)
+        make = RawRow._make
         row_no = 1
         try:
             for cells in reader:
                 row_no += 1
                 n = len(cells)
-                if not all(map(str.isascii, cells)) and _undecodable("".join(cells)):
+                line = "".join(cells)
+                if not line.isascii() and _undecodable(line):
                     raise _not_utf8(self.path, f"row {row_no}")
                 if n == width:
                     fields = {key: cells[i] for key, i in known}
                     extra = {key: cells[i] for key, i in unknown if cells[i] != ""} if unknown else {}
-                    yield RawRow(row_no, fields, extra)
+                    yield make((row_no, fields, extra, None))
                     continue
                 if not cells or (n == 1 and not cells[0].strip()):
                     continue  # a blank line is not a contact

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Iterable
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
@@ -30,12 +31,14 @@ __all__ = ["InvalidPhone", "mask_phone", "normalize_phone"]
 MAX_RAW_LENGTH = 64  # characters; anything longer is not a phone number someone typed
 
 _ACCEPTED_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
+_MOBILE_OR_FIXED = _ACCEPTED_TYPES | {PhoneNumberType.FIXED_LINE}
 _SEPARATORS = frozenset(" \t\u00a0\u2007\u202f-.()/\u2010\u2011\u2012\u2013")
 # The common Indian forms, decided without phonenumbers.parse (which costs ~20 µs): separators
 # dropped, then '+91', '0091', '91', '0' or nothing, then 10 digits starting 6-9. The type check
 # uses libphonenumber's metadata; tests prove the result equals the full parse for these forms.
 _FAST_IN = re.compile(r"(?:\+91|0091|91|0)?([6-9][0-9]{9})", re.ASCII)
 _DROP_SEPARATORS = str.maketrans("", "", " \t-.()")
+_BARE_LEAD = frozenset("+0123456789")
 
 _PARSE_REASONS = {
     NumberParseException.INVALID_COUNTRY_CODE: "invalid",
@@ -93,14 +96,21 @@ def normalize_phone(raw: str, default_region: str = "IN") -> str:
     raw = str(raw)
     region = default_region.upper()
     if region == "IN":
-        fast = _FAST_IN.fullmatch(raw.translate(_DROP_SEPARATORS))
+        # already bare ('+919800000004', '9800000004'): nothing for translate to drop
+        bare = raw[:1] in _BARE_LEAD and raw[1:].isdigit()
+        fast = _FAST_IN.fullmatch(raw if bare else raw.translate(_DROP_SEPARATORS))
         if fast:
             national = fast.group(1)
             matcher = _india_types()
-            if matcher.accepts(national):
-                return "91" + national
+            if matcher.mobile_or_fixed(national):
+                return "91" + national  # MOBILE, FIXED_LINE_OR_MOBILE, or FIXED_LINE in the 6-9 series
             number = phonenumbers.PhoneNumber(country_code=91, national_number=int(national))
             return _check_type(number, "91" + national, matcher.number_type(national))
+    return _normalize_full(raw, region)
+
+
+def _normalize_full(raw: str, region: str) -> str:
+    """normalize_phone without the Indian fast path: libphonenumber's parse for every input."""
     text = _precheck(raw)
     try:
         number = phonenumbers.parse(text, region)
@@ -132,7 +142,8 @@ class _TypeMatcher:
         self._fixed = self._desc(meta.fixed_line)
         self._mobile = self._desc(meta.mobile)
         self._same = bool(meta.same_mobile_and_fixed_line_pattern)
-        self._by_length: dict[int, tuple[re.Pattern[str] | None, ...]] = {}
+        self._accepts: dict[int, re.Pattern[str] | None] = {}
+        self._mobile_or_fixed: dict[int, re.Pattern[str] | None] = {}
 
     @staticmethod
     def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> tuple[frozenset[int], re.Pattern[str]] | None:
@@ -150,29 +161,42 @@ class _TypeMatcher:
         return pattern.fullmatch(national) is not None
 
     def accepts(self, national: str) -> bool:
-        """number_type(national) in (MOBILE, FIXED_LINE_OR_MOBILE): mobile ∧ general ∧ no special type.
-
-        The same decision as number_type, with the patterns that apply to the number's length
-        merged into one regex per test (3 regex calls instead of up to 11)."""
+        """number_type(national) in (MOBILE, FIXED_LINE_OR_MOBILE): general ∧ no special type ∧ mobile."""
         if self._same:
             return self.number_type(national) in _ACCEPTED_TYPES
-        tests = self._by_length.get(len(national))
-        if tests is None:
-            tests = self._by_length[len(national)] = self._length_tests(len(national))
-        mobile, general, special = tests
-        if mobile is None or general is None or mobile.fullmatch(national) is None:
-            return False
-        if general.fullmatch(national) is None:
-            return False
-        return special is None or special.fullmatch(national) is None
+        return self._decide(national, self._accepts, (self._mobile,))
 
-    def _length_tests(self, length: int) -> tuple[re.Pattern[str] | None, ...]:
-        def applicable(descs: list[tuple[frozenset[int], re.Pattern[str]] | None]) -> re.Pattern[str] | None:
+    def mobile_or_fixed(self, national: str) -> bool:
+        """number_type(national) in (MOBILE, FIXED_LINE_OR_MOBILE, FIXED_LINE): general ∧ no special
+        type ∧ (fixed line ∨ mobile)."""
+        if self._same:
+            return self.number_type(national) in _MOBILE_OR_FIXED
+        return self._decide(national, self._mobile_or_fixed, (self._mobile, self._fixed))
+
+    def _decide(self, national: str, by_length: dict[int, re.Pattern[str] | None],
+                wanted: tuple[tuple[frozenset[int], re.Pattern[str]] | None, ...]) -> bool:
+        """The same decision as number_type, in one regex call: the patterns that apply to the
+        number's length, combined as `(?=general$)(?!special$)(?:wanted)$` (instead of up to 11
+        calls)."""
+        length = len(national)
+        try:
+            test = by_length[length]
+        except KeyError:
+            test = by_length[length] = self._length_test(length, wanted)
+        return test is not None and test.match(national) is not None
+
+    def _length_test(self, length: int,
+                     wanted: tuple[tuple[frozenset[int], re.Pattern[str]] | None, ...]) -> re.Pattern[str] | None:
+        def applicable(descs: Iterable[tuple[frozenset[int], re.Pattern[str]] | None]) -> str | None:
             parts = [d[1].pattern for d in descs if d is not None and (not d[0] or length in d[0])]
-            return re.compile("|".join(f"(?:{p})" for p in parts)) if parts else None
+            return "|".join(f"(?:{p})" for p in parts) if parts else None
 
-        return (applicable([self._mobile]), applicable([self._general]),
-                applicable([d for _kind, d in self._special]))
+        general, special, match = (applicable([self._general]), applicable(d for _kind, d in self._special),
+                                   applicable(wanted))
+        if general is None or match is None:
+            return None
+        avoid = "" if special is None else rf"(?!(?:{special})\Z)"
+        return re.compile(rf"(?=(?:{general})\Z){avoid}(?:{match})\Z")
 
     def number_type(self, national: str) -> int:
         """The PhoneNumberType of a national significant number (digits) of this region."""

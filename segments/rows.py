@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 from segments.canon import canonical_city, canonical_genre, canonical_language, canonical_tags
@@ -81,12 +81,6 @@ class _Reject(Exception):
         self.reason, self.field, self.detail = reason, field, detail
 
 
-_cached_language = lru_cache(maxsize=4096)(canonical_language)
-_cached_genre = lru_cache(maxsize=4096)(canonical_genre)
-_cached_city = lru_cache(maxsize=4096)(canonical_city)
-_cached_tags = lru_cache(maxsize=4096)(canonical_tags)
-
-
 def _bad_text(value: str) -> bool:
     if "\x00" in value:
         return True
@@ -130,17 +124,34 @@ def _text(fields: dict[str, Any], key: str) -> str | None:
     return text
 
 
-def _cell(key: str, value: Any) -> str | None:
-    """`_text` for one value; string answers for the low-cardinality columns (workspace, language,
-    genre, city) are cached, a rejection is not."""
-    if type(value) is str:
-        return _cached_cell(key, value)
-    return _text({key: value}, key)
+class _Memo(dict[str, Any]):
+    """`answer(cell)` for a low-cardinality column (workspace, language, genre, city, opted_in,
+    tags), remembered per distinct string: a seen value costs one dict lookup. An answer that
+    raises (a rejection) is not remembered; at most MEMO_SIZE values are."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def __missing__(self, value: str) -> Any:
+        out = self.answer(value)
+        if len(self) < MEMO_SIZE:
+            self[value] = out
+        return out
+
+    def of(self, value: Any) -> Any:
+        """The answer for any cell value; only strings are remembered (1, 1.0 and True are equal
+        dict keys with different answers)."""
+        return self[value] if type(value) is str else self.answer(value)
 
 
-@lru_cache(maxsize=8192)
-def _cached_cell(key: str, value: str) -> str | None:
-    return _text({key: value}, key)
+MEMO_SIZE = 8192
+_WORKSPACE = _Memo(lambda v: _text({"workspace": v}, "workspace"))
+_LANGUAGE = _Memo(lambda v: canonical_language(_text({"language": v}, "language")))
+_GENRE = _Memo(lambda v: canonical_genre(_text({"genre": v}, "genre")))
+_CITY = _Memo(lambda v: canonical_city(_text({"city": v}, "city")))
 
 
 def parse_opted_in(value: Any) -> bool | None:
@@ -151,7 +162,7 @@ def parse_opted_in(value: Any) -> bool | None:
     if value is None:
         return None
     if type(value) is str:
-        return _opted_in_text(value)
+        return _OPTED_IN[value]
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float) and value in (0, 1):
@@ -159,7 +170,6 @@ def parse_opted_in(value: Any) -> bool | None:
     return _opted_in_text(str(value))
 
 
-@lru_cache(maxsize=1024)
 def _opted_in_text(value: str) -> bool | None:
     text = " ".join(value.split()).lower().replace("-", "_")
     if not text:
@@ -224,7 +234,7 @@ def _tags(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
     if type(value) is str:
-        tags = _cached_tags(value)
+        tags = canonical_tags(value)
         if not tags:
             return None
         if value.isascii() and "\x00" not in value and max(map(len, tags)) <= MAX_LENGTHS["tag"]:
@@ -282,42 +292,39 @@ def clean_row(raw: RawRow, *, workspace: str | None = None, default_region: str 
 
 
 def _clean(raw: RawRow, default_workspace: str | None, default_region: str) -> ContactRow:
+    # Fields are checked in this order (the first bad one names the rejection): phone, workspace,
+    # opted_in, language, genre, external_id, name, city, followers, last_active_at, tags, extras.
     if raw.width_error:
         reason = "too_few_cells" if raw.width_error.startswith("only ") else "too_many_cells"
         raise _Reject(reason, "(row)", raw.width_error)
-    f = raw.fields
-    phone_value = f.get("phone")
-    if isinstance(phone_value, bool) or isinstance(phone_value, dict | list):
-        raise _Reject("phone_not_a_number", "phone", "expected text or digits")
-    if isinstance(phone_value, float):
-        raise _Reject("phone_not_a_number", "phone", "a decimal number; write the phone as text")
+    get = raw.fields.get
+    phone_value = get("phone")
+    if type(phone_value) is not str:
+        if isinstance(phone_value, bool) or isinstance(phone_value, dict | list):
+            raise _Reject("phone_not_a_number", "phone", "expected text or digits")
+        if isinstance(phone_value, float):
+            raise _Reject("phone_not_a_number", "phone", "a decimal number; write the phone as text")
+        phone_value = "" if phone_value is None else str(phone_value)
     try:
-        wa_id = normalize_phone("" if phone_value is None else str(phone_value), default_region)
+        wa_id = normalize_phone(phone_value, default_region)
     except InvalidPhone as exc:
         raise _Reject(f"phone_{exc.reason}", "phone", exc.detail) from None
-    workspace = _cell("workspace", f.get("workspace")) or _cell("workspace", default_workspace)
+    workspace = _WORKSPACE.of(get("workspace")) or _WORKSPACE.of(default_workspace)
     if not workspace:
         raise _Reject("missing_workspace", "workspace", "no workspace in the row and no --workspace given")
     try:
-        opted_in = parse_opted_in(f.get("opted_in"))
+        opted_in = parse_opted_in(get("opted_in"))
     except ValueError as exc:
         raise _Reject("bad_opted_in", "opted_in", str(exc)) from None
-    language, language_known = _cached_language(_cell("language", f.get("language")))
-    genre, genre_known = _cached_genre(_cell("genre", f.get("genre")))
-    return ContactRow(
-        row=raw.row,
-        workspace=workspace,
-        wa_id=wa_id,
-        external_id=_text(f, "external_id"),
-        name=_text(f, "name"),
-        language=language,
-        genre=genre,
-        city=_cached_city(_cell("city", f.get("city"))),
-        followers=_followers(f.get("followers")),
-        last_active_at=_timestamp(_text(f, "last_active_at")),
-        tags=_tags(f.get("tags")),
-        attributes=_attributes(raw.extra),
-        opted_in=opted_in,
-        language_known=language_known,
-        genre_known=genre_known,
-    )
+    language, language_known = _LANGUAGE.of(get("language"))
+    genre, genre_known = _GENRE.of(get("genre"))
+    f = raw.fields
+    return ContactRow._make((
+        raw.row, workspace, wa_id, _text(f, "external_id"), _text(f, "name"), language, genre,
+        _CITY.of(get("city")), _followers(get("followers")), _timestamp(_text(f, "last_active_at")),
+        _TAGS.of(get("tags")), _attributes(raw.extra) if raw.extra else None, opted_in, language_known,
+        genre_known))
+
+
+_OPTED_IN = _Memo(_opted_in_text)
+_TAGS = _Memo(_tags)

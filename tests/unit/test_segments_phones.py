@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segments.phones import InvalidPhone, _india_types, mask_phone, normalize_phone
+from segments.phones import InvalidPhone, _india_types, _normalize_full, mask_phone, normalize_phone
 
 FORMS = [
     "+91 98000 00004", "09800000004", "0091 9800000004", "919800000004", "9800000004",
@@ -79,6 +79,8 @@ def test_fast_path_agrees_with_libphonenumber() -> None:
         kind = phonenumbers.number_type(number)
         assert matcher.number_type(national) == kind, national
         assert matcher.accepts(national) == (kind in accepted), national
+        assert matcher.mobile_or_fixed(national) == (
+            kind in (*accepted, phonenumbers.PhoneNumberType.FIXED_LINE)), national
 
 
 @settings(max_examples=500)
@@ -116,3 +118,21 @@ def test_indian_mobile_series_accepted_where_libphonenumber_says_fixed_line(raw:
     number = phonenumbers.parse(raw, "IN")
     assert phonenumbers.number_type(number) == phonenumbers.PhoneNumberType.FIXED_LINE
     assert normalize_phone(raw) == f"91{number.national_number}"
+
+
+def _outcome(normalize: object, raw: str) -> tuple[str, str]:
+    try:
+        return ("ok", normalize(raw))  # type: ignore[operator]
+    except InvalidPhone as exc:
+        return ("rejected", exc.reason)
+
+
+@settings(max_examples=1000)
+@given(st.one_of(
+    st.from_regex(r"[ (]?(\+91|0091|91|0|\+)?[) .-]?[0-9]{2,4}[ .-]?[0-9]{2,4}[ .-]?[0-9]{2,6} ?", fullmatch=True),
+    st.text(alphabet="+0123456789 -.()", max_size=20),
+))
+def test_fast_path_gives_the_full_parse_outcome_and_reason(raw: str) -> None:
+    """The Indian shortcut (bare digits, then a regex and the compiled type test) never changes
+    an answer: the same wa_id, or the same rejection reason, as libphonenumber's full parse."""
+    assert _outcome(normalize_phone, raw) == _outcome(lambda r: _normalize_full(r, "IN"), raw)
