@@ -40,7 +40,7 @@ from typing import Any
 import phonenumbers
 import trio
 
-from broadcaster.db import Connection, Database
+from broadcaster.db import Connection, Database, UniqueViolation
 from broadcaster.errors import DatabaseError, InputError, NotFoundError, UsageError
 from segments.canon import WHATSAPP_LANGUAGES
 from segments.errors import SegmentsError
@@ -53,6 +53,7 @@ __all__ = ["CONSENT_SOURCES", "ImportSummary", "import_contacts", "mark_opted_in
 CHUNK_ROWS = 10_000          # rows per COPY; one chunk is parsed while the previous one is copied
 VACUUM_AFTER_ROWS = 10_000   # VACUUM (ANALYZE) contacts after an import that wrote at least this many rows
 MAX_UNKNOWN_VALUES = 1_000   # distinct unknown languages/genres tracked; the rest count as '(other)'
+MAX_TAG_SETS = 10_000        # distinct tag sets whose staged text is remembered
 MAX_EXAMPLES = 5             # rejection messages kept for the summary
 IMPORT_LOCK = 0x636F6E74     # advisory lock key ("cont"): one import at a time
 TEMP_BUFFERS = "256MB"       # session temp_buffers for the staging tables (server default 8MB)
@@ -65,22 +66,25 @@ _STAGE_COLUMNS = ("row_no", "workspace", "wa_id", "external_id", "name", "langua
 _CREATE_STAGE = """
 CREATE TEMP TABLE contact_stage (
     row_no integer NOT NULL, workspace text NOT NULL, wa_id text NOT NULL, external_id text, name text,
-    language text, genre text, city text, followers integer, last_active_at timestamptz, tags text[],
+    language text, genre text, city text, followers integer, last_active_at timestamptz, tags text,
     attributes jsonb, opted_in boolean
 ) ON COMMIT DROP
 """
+# Tags are staged as one text, joined with TAG_JOIN (COPY encodes it ~10x cheaper than a text[]);
+# canonical tags never contain it: `canonical_tags` splits on it.
+TAG_JOIN = ","
 
 # One row per (workspace, number): the last row's fields; consent false if any row says false.
 # Sorted by (wa_id, workspace) in the "C" collation: workspace first (few distinct values) made
 # the sort 7x slower on PostgreSQL 15. The window is ordered like DISTINCT ON, so one sort serves
 # both (in memory with WORK_MEM at 1M rows). `contact_id` is the existing contact, if any.
-_COLLAPSE = """
+_COLLAPSE = f"""
 CREATE TEMP TABLE contact_merge ON COMMIT DROP AS
 SELECT m.*, c.id AS contact_id
 FROM (
     SELECT DISTINCT ON (wa_id COLLATE "C", workspace COLLATE "C")
-           workspace, wa_id, external_id, name, language, genre, city, followers, last_active_at, tags,
-           attributes,
+           workspace, wa_id, external_id, name, language, genre, city, followers, last_active_at,
+           string_to_array(tags, '{TAG_JOIN}') AS tags, attributes,
            CASE WHEN bool_or(NOT opted_in) OVER w THEN false ELSE bool_or(opted_in) OVER w END AS opted_in
     FROM contact_stage
     WINDOW w AS (PARTITION BY wa_id COLLATE "C", workspace COLLATE "C" ORDER BY row_no DESC
@@ -125,17 +129,19 @@ WITH changed AS (
 SELECT count(*) FROM changed
 """
 
-# New contacts. ON CONFLICT: a contact created meanwhile (say by a STOP reply) is kept as it is.
+# New contacts, in contact_merge's (wa_id) order: the unique and wa_id indexes then grow at their
+# right edge (measured: 30% faster than file order at 1M rows). {conflict} is empty, or
+# ON CONFLICT DO NOTHING when a contact was created meanwhile (see `_insert_new`).
 _INSERT = """
 WITH ins AS (
     INSERT INTO contacts (workspace, wa_id, external_id, name, language, genre, city, followers,
                           last_active_at, tags, attributes, marketing_opt_in, consent_source, consent_at)
     SELECT m.workspace, m.wa_id, m.external_id, m.name, m.language, m.genre, m.city, m.followers,
-           m.last_active_at, COALESCE(m.tags, '{}'), COALESCE(m.attributes, '{}'),
+           m.last_active_at, COALESCE(m.tags, '{{}}'), COALESCE(m.attributes, '{{}}'),
            COALESCE(m.opted_in, true), 'import', now()
     FROM contact_merge m
     WHERE m.contact_id IS NULL
-    ON CONFLICT (workspace, wa_id) DO NOTHING
+    {conflict}
     RETURNING workspace, wa_id, marketing_opt_in
 ), events AS (
     INSERT INTO consent_events (workspace, wa_id, opted_in, source, detail, at)
@@ -227,6 +233,16 @@ class _RejectsFile:
         self.part.unlink(missing_ok=True)
 
 
+class _JoinedTags(dict[tuple[str, ...], str]):
+    """tags → the staged text (TAG_JOIN-joined); tag sets repeat, so each is joined once."""
+
+    def __missing__(self, tags: tuple[str, ...]) -> str:
+        text = TAG_JOIN.join(tags)
+        if len(self) < MAX_TAG_SETS:
+            self[tags] = text
+        return text
+
+
 class _Reader:
     """Turns the file into staging records, chunk by chunk (runs in a worker thread)."""
 
@@ -242,10 +258,12 @@ class _Reader:
         self.unknown_languages = _Counts()
         self.unknown_genres = _Counts()
         self.no_template_language = _Counts()
+        self._joined_tags = _JoinedTags()
 
     def next_chunk(self) -> list[tuple[Any, ...]] | None:
         out: list[tuple[Any, ...]] = []
         summary = self._summary
+        joined = self._joined_tags
         for raw in self._rows:
             summary.read += 1
             r = clean_row(raw, workspace=self._workspace, default_region=self._region)
@@ -256,8 +274,9 @@ class _Reader:
                     self.no_template_language.bump(r.language)
                 if not r.genre_known:
                     self.unknown_genres.bump(r.genre or "")
+                tags = r.tags
                 out.append((r.row, r.workspace, r.wa_id, r.external_id, r.name, r.language, r.genre, r.city,
-                            r.followers, r.last_active_at, r.tags,
+                            r.followers, r.last_active_at, None if tags is None else joined[tags],
                             json.dumps(r.attributes, ensure_ascii=False) if r.attributes else None, r.opted_in))
                 if len(out) >= CHUNK_ROWS:
                     return out
@@ -399,8 +418,27 @@ async def _merge(conn: Connection, summary: ImportSummary, staged: int, filename
     distinct = await conn.fetchval("SELECT count(*) FROM contact_merge")
     summary.collapsed = staged - distinct
     summary.updated = await conn.fetchval(_UPDATE, filename)
-    summary.inserted = await conn.fetchval(_INSERT, filename)
+    summary.inserted = await _insert_new(conn, filename)
     summary.unchanged = distinct - summary.updated - summary.inserted
+
+
+async def _insert_new(conn: Connection, filename: str) -> int:
+    """Insert the contacts that did not exist when the file was collapsed.
+
+    A plain INSERT first: ON CONFLICT's speculative insertion costs ~15% of the insert at 1M rows.
+    If another transaction created one of these contacts meanwhile (a STOP reply, say), the plain
+    INSERT fails on the unique key; it is then rolled back to its savepoint and redone with
+    ON CONFLICT DO NOTHING, which keeps such a contact as it is (counted unchanged).
+    """
+    await conn.execute("SAVEPOINT contact_insert")
+    try:
+        inserted = await conn.fetchval(_INSERT.format(conflict=""), filename)
+    except UniqueViolation:
+        await conn.execute("ROLLBACK TO SAVEPOINT contact_insert")
+        inserted = await conn.fetchval(_INSERT.format(conflict="ON CONFLICT (workspace, wa_id) DO NOTHING"),
+                                       filename)
+    await conn.execute("RELEASE SAVEPOINT contact_insert")
+    return inserted
 
 
 async def _vacuum_after(db: Database, summary: ImportSummary) -> None:

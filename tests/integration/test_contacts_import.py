@@ -267,6 +267,29 @@ async def test_stop_reply_is_never_undone_by_an_import(db: Database, uniq: str, 
     assert [tuple(e) for e in events] == [(False, "reply", "STOP"), (True, "agent", None)]
 
 
+async def test_stop_reply_during_an_import_is_kept(db: Database, uniq: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A STOP that creates the contact after the import looked for it (its insert would collide
+    on the unique key) wins: the import keeps that contact as it is and inserts the others."""
+    import broadcaster.contacts as contacts_module
+
+    ws = f"race_{uniq}"
+    await db.execute("INSERT INTO workspaces (name) VALUES ($1)", ws)
+    real_insert = contacts_module._insert_new
+
+    async def stop_arrives_first(conn, filename):  # type: ignore[no-untyped-def]
+        assert await mark_opted_out(db, ws, "919800000004", "reply", detail="STOP")  # another connection
+        return await real_insert(conn, filename)
+
+    monkeypatch.setattr(contacts_module, "_insert_new", stop_arrives_first)
+    summary = await import_contacts(db, _write_csv(tmp_path / "c.csv", [
+        _row("9800000004", ws, opted_in="yes"), _row("9800000005", ws, opted_in="yes")]))
+    assert (summary.inserted, summary.updated, summary.unchanged) == (1, 0, 1)
+    rows = await db.fetch("SELECT wa_id, marketing_opt_in, consent_source FROM contacts WHERE workspace = $1"
+                          " ORDER BY wa_id", ws)
+    assert [tuple(r) for r in rows] == [("919800000004", False, "reply"), ("919800000005", True, "import")]
+
+
 async def test_import_opt_out_then_opt_in_again(db: Database, uniq: str, tmp_path: Path) -> None:
     ws = f"flip_{uniq}"
     await import_contacts(db, _write_csv(tmp_path / "a.csv", [_row("9800000004", ws, opted_in="yes")]))
