@@ -87,6 +87,7 @@ class DispatchConfig:
     halt_threshold: int = 3          # campaign-level errors before the circuit breaker pauses it
     unreachable_threshold: int = 20  # connect failures in a row before the breaker pauses it
     pair_spacing_s: float = 6.0      # at most one message per recipient in this many seconds (0: off)
+    send_margin_s: float = 30.0      # a send starts only while its lease has this long left (capped at lease_s/2)
 
     def __post_init__(self) -> None:
         for name in ("lanes", "batch_size", "max_attempts", "halt_threshold"):
@@ -110,6 +111,17 @@ _METRIC_OUTCOME = {"accepted": "accepted", "failed": "permanent_error", "unknown
 
 
 @dataclass
+class Breaker:
+    """One campaign's circuit-breaker state. It outlives slot refreshes (the claimer carries it
+    over to the new slot), so an error a lane counts on an older slot is never lost."""
+
+    active: bool = True
+    halt_errors: int = 0
+    halt_reported: bool = False
+    unreachable: int = 0            # connect failures in a row (reset by any accepted send)
+
+
+@dataclass
 class CampaignSlot:
     """What the pipeline holds for one running campaign."""
 
@@ -122,22 +134,25 @@ class CampaignSlot:
     claim_cap: int | None = None    # at most this many rows per claim (what is left of the daily tier)
     on_throttle: Callable[[float | None], None] = lambda retry_after: None
     on_success: Callable[[], None] = lambda: None
-    active: bool = True
-    halt_errors: int = 0
-    halt_reported: bool = False
-    unreachable: int = 0            # connect failures in a row (reset by any accepted send)
+    breaker: Breaker = field(default_factory=Breaker)
+
+    @property
+    def active(self) -> bool:
+        return self.breaker.active
 
 
 @dataclass
 class _Job:
     row: ClaimedRow
     body: bytes
+    start_by: float  # trio clock: past this the lease may run out mid-send, so the row goes back unsent
 
 
 @dataclass
 class DispatchStatistics:
     claimed: int = 0
     sent_requests: int = 0
+    lease_returns: int = 0  # rows given back unsent because their lease was about to end
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -181,7 +196,10 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped, or until no campaign is left to send for. Never loses an outcome."""
-        jobs_send, jobs_recv = trio.open_memory_channel[_Job](self.cfg.lanes * 2)
+        # room for a whole claimed batch beyond what the lanes hold: the next claim round trip
+        # overlaps with sending this batch, so a slow Postgres does not starve the lanes (a row
+        # that waits too long for the limiter goes back unsent: see _Job.start_by)
+        jobs_send, jobs_recv = trio.open_memory_channel[_Job](self.cfg.lanes * 2 + self.cfg.batch_size)
         out_send, out_recv = trio.open_memory_channel[Outcome](self.cfg.batch_size * 2)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, out_recv)
@@ -221,7 +239,7 @@ class Dispatcher:
         for s in slots:  # breaker state lives as long as the campaign stays in the list
             old = self._slots.get(s.id)
             if old is not None:
-                s.active, s.halt_errors, s.halt_reported = old.active, old.halt_errors, old.halt_reported
+                s.breaker = old.breaker
         self._slots = {s.id: s for s in slots}
         active = [s.id for s in slots if s.active]
         if not active:
@@ -238,6 +256,7 @@ class Dispatcher:
         claimable = [s for s in slots if s.active and (s.claim_cap is None or s.claim_cap > 0)]
         limit = min([self.cfg.batch_size, *(s.claim_cap for s in claimable if s.claim_cap is not None)])
         t0 = trio.current_time()
+        start_by = t0 + self.cfg.lease_s - min(self.cfg.send_margin_s, self.cfg.lease_s / 2)
         rows = await self.ledger.claim_batch([s.id for s in claimable], limit, lease_s=self.cfg.lease_s,
                                              owner=self.owner, pair_spacing_s=self.cfg.pair_spacing_s)
         metrics.observe_claim(trio.current_time() - t0)
@@ -251,7 +270,7 @@ class Dispatcher:
         try:
             for row in rows:
                 slot = self._slots.get(row.campaign_id)
-                item = self._render(slot, row)
+                item = self._render(slot, row, start_by)
                 # hand out without a checkpoint per row: `send` yields to the scheduler even when
                 # there is room, which would feed the lanes one row per scheduler pass
                 channel: Any = outcomes if isinstance(item, Outcome) else jobs
@@ -283,7 +302,7 @@ class Dispatcher:
                 nursery.start_soon(wake, self._stop)
                 nursery.start_soon(wake, flushed)
 
-    def _render(self, slot: CampaignSlot | None, row: ClaimedRow) -> _Job | Outcome:
+    def _render(self, slot: CampaignSlot | None, row: ClaimedRow, start_by: float) -> _Job | Outcome:
         if slot is None:
             # the campaign stopped meanwhile: give the row back untouched
             return Outcome(row.id, "pending", campaign_id=row.campaign_id)
@@ -295,7 +314,7 @@ class Dispatcher:
         if isinstance(result, Skip):
             return Outcome(row.id, "skipped", campaign_id=row.campaign_id, skip_reason=result.reason)
         body = build_message(row.wa_id, result.template, callback_data(row.campaign_id, row.id))
-        return _Job(row, body)
+        return _Job(row, body, start_by)
 
     # ---- lanes ---------------------------------------------------------------------------
 
@@ -310,7 +329,19 @@ class Dispatcher:
                         await outcomes.send(Outcome(job.row.id, "pending",
                                                     campaign_id=job.row.campaign_id))
                         continue
-                    await slot.limiter.take(1)
+                    with trio.move_on_at(job.start_by) as waited:
+                        await slot.limiter.take(1)
+                    if waited.cancelled_caught:
+                        # the limiter (throttled, slowed down) would hand a slot so late that the
+                        # lease could end mid-send: give the row back unsent; a cancelled waiter
+                        # takes no slot, so the rows behind it are not starved
+                        self.stats.lease_returns += 1
+                        if self.stats.lease_returns == 1:
+                            log.warning("dispatch rows waited so long for the rate limiter that their lease"
+                                        " could end mid-send; given back unsent (fewer lanes or a smaller"
+                                        " --batch-size fit a slow number better)")
+                        await outcomes.send(Outcome(job.row.id, "pending", campaign_id=job.row.campaign_id))
+                        continue
                     lane = lanes.get(slot.number)
                     if lane is None:
                         lane = lanes[slot.number] = self.open_lane(slot.number)
@@ -330,9 +361,9 @@ class Dispatcher:
             metrics.LANES_IN_FLIGHT.dec()
         if outcome.state == "halt":
             # trip here, not at the next flush: the other lanes must stop sending at once
-            slot.halt_errors += 1
-            if slot.halt_errors >= self.cfg.halt_threshold:
-                slot.active = False
+            slot.breaker.halt_errors += 1
+            if slot.breaker.halt_errors >= self.cfg.halt_threshold:
+                slot.breaker.active = False
         kind = _METRIC_OUTCOME.get(outcome.state, "transient_error")
         if outcome.state == "pending" and outcome.attempt_inc == 0:
             kind = "throttled"
@@ -355,9 +386,9 @@ class Dispatcher:
             return Outcome(row.id, "pending", campaign_id=row.campaign_id, retry_at=now + timedelta(seconds=wait))
         except ProviderUnreachable as exc:
             # nothing left this host: no attempt spent; a run of these means the API is unreachable
-            slot.unreachable += 1
-            if slot.unreachable >= self.cfg.unreachable_threshold:
-                slot.active = False  # the other lanes stop now; the writer pauses the campaign
+            slot.breaker.unreachable += 1
+            if slot.breaker.unreachable >= self.cfg.unreachable_threshold:
+                slot.breaker.active = False  # the other lanes stop now; the writer pauses the campaign
                 return Outcome(row.id, "halt", campaign_id=row.campaign_id, title=exc.title)
             return Outcome(row.id, "pending", campaign_id=row.campaign_id, title=exc.title,
                            retry_at=transient_retry_at(now, 1, self.cfg, self.rng))
@@ -381,7 +412,7 @@ class Dispatcher:
         except trio.Cancelled:
             raise
         slot.on_success()
-        slot.unreachable = 0
+        slot.breaker.unreachable = 0
         return Outcome(row.id, "accepted", campaign_id=row.campaign_id, wamid=result.wamid, attempt_inc=1,
                        number=slot.number)
 
@@ -454,9 +485,9 @@ class Dispatcher:
         """Report each campaign whose lanes tripped the breaker, once (the pause is durable)."""
         for o in halts.values():
             slot = self._slots.get(o.campaign_id)
-            if slot is None or slot.active or slot.halt_reported:
+            if slot is None or slot.active or slot.breaker.halt_reported:
                 continue
-            slot.halt_reported = True
+            slot.breaker.halt_reported = True
             metrics.record_circuit_breaker_trip(o.code)
             log.error("circuit_breaker campaign=%s code=%s title=%s", slot.name, o.code,
                       o.title or title_for(o.code))

@@ -119,14 +119,20 @@ def compiled_invite():
 
 
 def make_dispatcher(ledger: MemoryLedger, script, log: list[dict], *, halts: list | None = None,
-                    throttles: list | None = None, **cfg) -> Dispatcher:
-    slot = CampaignSlot(id=1, name="c1", compiled=compiled_invite(), limiter=OpenLimiter(), number="n1",
-                        on_throttle=(throttles.append if throttles is not None else (lambda r: None)))
+                    throttles: list | None = None, fresh_slots: bool = False, **cfg) -> Dispatcher:
+    """`fresh_slots`: every claim cycle gets a new CampaignSlot object, as CampaignRunner builds them."""
+    compiled = compiled_invite()
+
+    def new_slot() -> CampaignSlot:
+        return CampaignSlot(id=1, name="c1", compiled=compiled, limiter=OpenLimiter(), number="n1",
+                            on_throttle=(throttles.append if throttles is not None else (lambda r: None)))
+
+    slot = new_slot()
     state = {"active": True}
 
     async def campaigns():
         done = all(r["state"] not in ("pending", "claimed") for r in ledger.rows.values())
-        return [] if done or not state["active"] else [slot]
+        return [] if done or not state["active"] else [new_slot() if fresh_slots else slot]
 
     async def on_halt(cid, code, title):
         state["active"] = False
@@ -199,6 +205,17 @@ async def test_circuit_breaker_pauses_without_burning_the_audience(autojump_cloc
     assert len(log) < 20, "the breaker trips within a few failures"
 
 
+async def test_breaker_counts_survive_slot_refreshes(autojump_clock) -> None:
+    """The claimer refreshes its slots every cycle while lanes still hold the older ones: an
+    error counted on an old slot still counts, so 4 lanes stop after at most 3 + 3 in flight."""
+    ledger, log, halts = MemoryLedger(200), [], []
+    await make_dispatcher(ledger, lambda to, n: CampaignHaltError("paused", code=132015), log,
+                          halts=halts, fresh_slots=True).run()
+    assert halts == [(1, 132015)]
+    assert ledger.states() == {"pending": 200}
+    assert len(log) <= 6, f"{len(log)} requests: the breaker lost counts across slot refreshes"
+
+
 async def test_unknown_outcome_is_recorded_and_never_resent(autojump_clock) -> None:
     ledger, log = MemoryLedger(4), []
     lost = "+919800000002"
@@ -261,3 +278,46 @@ async def test_unreachable_api_pauses_the_campaign_and_burns_nobody(autojump_clo
     assert halts == [(1, None)]
     assert set(ledger.states()) == {"pending"}, "no row failed or spent an attempt"
     assert all(r["attempts"] == 0 for r in ledger.rows.values())
+
+
+class SlowLimiter:
+    """One token a second for all lanes together (a number cut down by AIMD)."""
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+
+    async def take(self, n: int = 1) -> None:
+        async with self.lock:
+            await trio.sleep(1.0)
+
+
+async def test_a_row_is_never_sent_on_a_lease_that_may_end_mid_send(autojump_clock) -> None:
+    """Rows claimed ahead wait for a slow limiter; one that waited past lease_s − margin goes
+    back unsent (no attempt spent) and is claimed afresh, so no send starts near its lease end."""
+    lease_s, margin = 20.0, 10.0
+    claimed_at: dict[int, float] = {}
+
+    class TimedLedger(MemoryLedger):
+        async def claim_batch(self, campaign_ids, limit, **kw):  # type: ignore[no-untyped-def]
+            rows = await super().claim_batch(campaign_ids, limit, **kw)
+            for r in rows:
+                claimed_at[r.id] = trio.current_time()
+            return rows
+
+    ledger, log = TimedLedger(40), []
+    late: list[float] = []
+
+    def script(to: str, n: int) -> SendResult:
+        waited = trio.current_time() - claimed_at[int(to[-5:])]
+        if waited > lease_s - margin + 0.002:  # the scripted lane answers 1 ms after the send starts
+            late.append(waited)
+        return accept(to, n)
+
+    dispatcher = make_dispatcher(ledger, script, log, lease_s=lease_s, send_margin_s=margin)
+    for slot in await dispatcher.campaigns():
+        slot.limiter = SlowLimiter()
+    await dispatcher.run()
+    assert ledger.states() == {"accepted": 40}
+    assert late == [], "no send started after its row's start-by time"
+    assert dispatcher.stats.lease_returns > 0, "the test made rows wait past their start-by time"
+    assert len(log) == 40 and all(r["attempts"] == 1 for r in ledger.rows.values()), "a return spends no attempt"
