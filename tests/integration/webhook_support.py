@@ -143,3 +143,15 @@ async def running_receiver(db: Database, *, hooks: Hooks | None = None) -> Async
 async def ledger_rows(db: Database, campaign_id: int) -> dict[int, dict[str, Any]]:
     rows = await db.fetch("SELECT * FROM ledger WHERE campaign_id = $1", campaign_id)
     return {r["id"]: dict(r) for r in rows}
+
+
+async def last_event_id(db: Database) -> int:
+    """The newest stored webhook body's id (0 when none): what a test posts comes after it."""
+    return int(await db.fetchval("SELECT COALESCE(max(id), 0) FROM webhook_events"))
+
+
+async def dead_letters_after(db: Database, event_id: int) -> int:
+    """Dead letters of bodies stored after `event_id`: a receiver also applies bodies other tests
+    left unprocessed (their dead letters are theirs)."""
+    return int(await db.fetchval("SELECT count(*) FROM webhook_dead_letters WHERE webhook_event_id > $1",
+                                 event_id))
