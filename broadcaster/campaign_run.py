@@ -25,7 +25,7 @@ from broadcaster.dispatch import CampaignSlot, DispatchConfig, Dispatcher
 from broadcaster.errors import BroadcasterError, ConfigError
 from broadcaster.health import GuardMonitor
 from broadcaster.inbox.slack import SlackConfig
-from broadcaster.ledger import LedgerStore
+from broadcaster.ledger import LedgerStore, TierBudget
 from broadcaster.limits import PgSlotStore
 from broadcaster.numbers import TierUsage, sending_rate, tier_usage
 from broadcaster.sql import QUERIES
@@ -173,10 +173,10 @@ class CampaignRunner:
             chosen = await self._choose_number(campaign)
             if chosen is None:
                 continue
-            num, cap = chosen
+            num, tier = chosen
             slot = CampaignSlot(
                 id=campaign.id, name=campaign.name, compiled=compiled, limiter=_AimdLimiter(num),
-                number=num.phone_number_id, claim_cap=cap, template=campaign.template_name,
+                number=num.phone_number_id, tier=tier, template=campaign.template_name,
                 on_throttle=lambda retry_after, n=num: _throttled(n, retry_after),
                 on_success=lambda n=num: _succeeded(n))
             slots.append(slot)
@@ -186,8 +186,8 @@ class CampaignRunner:
                 del self._compiled[cid]  # paused/finished: recompile (pre-flight again) on resume
         return slots
 
-    async def _choose_number(self, campaign: Campaign) -> tuple[_Number, int | None] | None:
-        """The number this campaign sends from now, and how many rows it may claim.
+    async def _choose_number(self, campaign: Campaign) -> tuple[_Number, TierBudget | None] | None:
+        """The number this campaign sends from now, and the daily tier its claims must keep within.
 
         A pool is tried in order: the first number with daily tier budget left (and, when
         another is available, not rated RED) sends; when every number's tier is used up the
@@ -209,8 +209,9 @@ class CampaignRunner:
                                      default_number=self.settings.whatsapp_phone_number_id)
             metrics.set_tier_budget(num.phone_number_id, usage.limit, usage.remaining)
             if not usage.exhausted:
-                # remaining may be 0 while rows are in flight: claim nothing, let them land
-                return num, usage.remaining
+                # the claim re-counts under the portfolio's lock: with rows in flight holding what
+                # is left, it claims nothing and lets them land
+                return num, TierBudget(num.phone_number_id, num.tier, self.settings.whatsapp_phone_number_id)
             exhausted.append(usage)
         soonest = min(exhausted, key=lambda u: u.oldest_at or campaign.created_at)
         await self._pause_tier(campaign, soonest)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -40,7 +40,7 @@ from broadcaster.errors import (
     ThrottledError,
     TransientSendError,
 )
-from broadcaster.ledger import ClaimedRow, Outcome, callback_data
+from broadcaster.ledger import ClaimedRow, Outcome, TierBudget, callback_data
 from broadcaster.logs import mask_phone
 from broadcaster.transport import SendResult
 from ratelimit import backoff_131056
@@ -54,7 +54,8 @@ DB_RETRY_MAX_S = 10.0
 
 class LedgerPort(Protocol):
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str, pair_spacing_s: float = 0.0) -> list[ClaimedRow]: ...
+                          owner: str, pair_spacing_s: float = 0.0,
+                          tiers: Mapping[int, TierBudget] | None = None) -> list[ClaimedRow]: ...
     async def record_results(self, outcomes: Sequence[Outcome], *, owner: str,
                              pair_spacing_s: float = 0.0) -> int: ...
     async def release_claims(self, ids: Sequence[int], *, owner: str) -> None: ...
@@ -131,7 +132,7 @@ class CampaignSlot:
     limiter: RateLimiter
     number: str                     # sender phone_number_id: lanes keep one connection per number
     template: str = ""              # template name, a metrics label
-    claim_cap: int | None = None    # at most this many rows per claim (what is left of the daily tier)
+    tier: TierBudget | None = None  # the daily tier its number sends under (None: unlimited)
     on_throttle: Callable[[float | None], None] = lambda retry_after: None
     on_success: Callable[[], None] = lambda: None
     breaker: Breaker = field(default_factory=Breaker)
@@ -252,13 +253,14 @@ class Dispatcher:
         if now_t - self._last_sweep >= self.cfg.lease_sweep_s:
             self._last_sweep = now_t
             await self.ledger.expire_leases(active)
-        # a campaign whose tier budget is held by rows in flight claims nothing this round
-        claimable = [s for s in slots if s.active and (s.claim_cap is None or s.claim_cap > 0)]
-        limit = min([self.cfg.batch_size, *(s.claim_cap for s in claimable if s.claim_cap is not None)])
+        claimable = [s for s in slots if s.active]
+        # a campaign whose tier budget is used up or held by rows in flight claims nothing this round
+        tiers = {s.id: s.tier for s in claimable if s.tier is not None}
         t0 = trio.current_time()
         start_by = t0 + self.cfg.lease_s - min(self.cfg.send_margin_s, self.cfg.lease_s / 2)
-        rows = await self.ledger.claim_batch([s.id for s in claimable], limit, lease_s=self.cfg.lease_s,
-                                             owner=self.owner, pair_spacing_s=self.cfg.pair_spacing_s)
+        rows = await self.ledger.claim_batch([s.id for s in claimable], self.cfg.batch_size,
+                                             lease_s=self.cfg.lease_s, owner=self.owner,
+                                             pair_spacing_s=self.cfg.pair_spacing_s, tiers=tiers or None)
         metrics.observe_claim(trio.current_time() - t0)
         self.stats.claimed += len(rows)
         if not rows:
@@ -408,7 +410,8 @@ class Dispatcher:
         except OutcomeUnknown as exc:
             log.warning("send_result campaign=%s to=%s outcome=unknown detail=%s", slot.name,
                         mask_phone(row.wa_id), exc)
-            return Outcome(row.id, "unknown", campaign_id=row.campaign_id, attempt_inc=1)
+            # the number is recorded: a status webhook that settles it counts against its tier
+            return Outcome(row.id, "unknown", campaign_id=row.campaign_id, attempt_inc=1, number=slot.number)
         except trio.Cancelled:
             raise
         slot.on_success()

@@ -15,7 +15,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from broadcaster.db import Database
+from broadcaster.numbers import tier_usage
 from broadcaster.sql import QUERIES
 
 TERMINAL_STATES = ("accepted", "sent", "delivered", "read", "failed", "skipped")
@@ -96,6 +97,22 @@ def parse_callback_data(value: str | None) -> tuple[int, int] | None:
     return int(left), int(right)
 
 
+@dataclass(frozen=True, slots=True)
+class TierBudget:
+    """A daily tier a claim must stay within: the sending number, its tier, and the deployment's
+    default number (WHATSAPP_PHONE_NUMBER_ID), which sends for campaigns without one."""
+
+    number: str
+    limit: int
+    default_number: str | None = None
+
+
+_LOCK_TIERS = """
+SELECT count(pg_advisory_xact_lock(k))
+FROM (SELECT DISTINCT hashtext('tier:' || portfolio_of(n)) AS k FROM unnest($1::text[]) AS n ORDER BY 1) s
+"""
+
+
 class LedgerStore:
     """The Postgres ledger. Batch calls only: claim_batch, record_results, expire_leases."""
 
@@ -103,14 +120,37 @@ class LedgerStore:
         self.db = db
 
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str, pair_spacing_s: float = 0.0) -> list[ClaimedRow]:
+                          owner: str, pair_spacing_s: float = 0.0,
+                          tiers: Mapping[int, TierBudget] | None = None) -> list[ClaimedRow]:
         """Claim up to `limit` sendable rows. With `pair_spacing_s` > 0, never two rows of one
         recipient within that many seconds, across campaigns and workers: a row whose recipient
-        was claimed more recently is deferred (`retry_at`), not claimed and not failed."""
+        was claimed more recently is deferred (`retry_at`), not claimed and not failed.
+
+        `tiers` maps a campaign id to the daily tier its number sends under: the claim takes at
+        most what is left of it (reached in 24 h and rows in flight counted), and a campaign whose
+        tier has nothing left claims nothing. Claims for one business portfolio are serialised by
+        a transaction lock taken before the count, so workers never overshoot a tier together.
+        """
         if not campaign_ids or limit <= 0:
             return []
-        rows = await self.db.fetch(QUERIES["claim_batch"], list(campaign_ids), limit, float(lease_s), owner,
-                                   float(pair_spacing_s))
+        rest = (float(lease_s), owner, float(pair_spacing_s))
+        budgets = {cid: t for cid, t in (tiers or {}).items() if cid in campaign_ids}
+        if not budgets:
+            return self._claimed(await self.db.fetch(QUERIES["claim_batch"], list(campaign_ids), limit, *rest))
+        async with self.db.transaction() as conn:
+            await conn.fetchval(_LOCK_TIERS, sorted({t.number for t in budgets.values()}))
+            left: dict[TierBudget, int] = {}
+            for t in set(budgets.values()):
+                usage = await tier_usage(conn, t.number, t.limit, default_number=t.default_number)
+                left[t] = usage.remaining or 0
+            ids = [cid for cid in campaign_ids if cid not in budgets or left[budgets[cid]] > 0]
+            limit = min([limit, *(left[budgets[cid]] for cid in ids if cid in budgets)])
+            if not ids or limit <= 0:
+                return []
+            return self._claimed(await conn.fetch(QUERIES["claim_batch"], ids, limit, *rest))
+
+    @staticmethod
+    def _claimed(rows: Sequence[Any]) -> list[ClaimedRow]:
         claimed = []
         for r in rows:
             attrs = r["attributes"]

@@ -2,7 +2,9 @@
 
 The tier counts unique recipients reached in a rolling 24 h per business portfolio, as Meta does
 since Oct 2025: every number of a portfolio (`numbers add --portfolio`, default 'default') draws on
-one budget. Rows in flight (claimed) count too, so several workers can never overshoot it together.
+one budget. Rows in flight (claimed, or unknown: perhaps sent) count too, and workers claim for a
+tiered portfolio one at a time (`LedgerStore.claim_batch` with `tiers`), so several workers can
+never overshoot it together.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from broadcaster.db import Database, UniqueViolation
+from broadcaster.db import Connection, Database, UniqueViolation
 from broadcaster.errors import NotFoundError, StateError, UsageError
+from broadcaster.sql import QUERIES
 
 MAX_MPS = 1000
 TIER_NAMES = {"250": 250, "2k": 2000, "10k": 10_000, "100k": 100_000, "unlimited": None}
@@ -132,27 +135,14 @@ class TierUsage:
         return self.limit is not None and self.reached >= self.limit
 
 
-async def tier_usage(db: Database, phone_number_id: str, limit: int | None, *,
+async def tier_usage(db: Database | Connection, phone_number_id: str, limit: int | None, *,
                      default_number: str | None) -> TierUsage:
     """Unique recipients reached in the rolling 24 h from any number of this number's business
-    portfolio, and rows in flight for campaigns that may send from one of them (one query).
+    portfolio, and rows in flight (claimed, or unknown: perhaps sent) for campaigns that may send
+    from one of them, in one query whose cost does not grow with the ledger (`portfolio_reach`).
     `default_number` (WHATSAPP_PHONE_NUMBER_ID) sends for campaigns without a number. Conservative:
     in-flight rows of a pool campaign count against every portfolio of its pool."""
     if limit is None:
         return TierUsage(None, 0, 0, None)
-    row = await db.fetchrow(
-        """
-        WITH p AS (SELECT portfolio_numbers($1, $2) AS ids)
-        SELECT count(DISTINCT l.wa_id) FILTER (WHERE l.accepted_at > now() - interval '24 hours'
-               AND COALESCE(l.phone_number_id, k.phone_number_id, $2) = ANY(p.ids)) AS reached,
-               count(*) FILTER (WHERE l.state = 'claimed') AS in_flight,
-               min(l.accepted_at) FILTER (WHERE l.accepted_at > now() - interval '24 hours'
-               AND COALESCE(l.phone_number_id, k.phone_number_id, $2) = ANY(p.ids)) AS oldest
-        FROM ledger l JOIN campaigns k ON k.id = l.campaign_id, p
-        WHERE (l.accepted_at > now() - interval '24 hours'
-               AND COALESCE(l.phone_number_id, k.phone_number_id, $2) = ANY(p.ids))
-           OR (l.state = 'claimed'
-               AND (k.phone_number_id = ANY(p.ids) OR k.number_pool && p.ids
-                    OR (k.phone_number_id IS NULL AND cardinality(k.number_pool) = 0 AND $2 = ANY(p.ids))))
-        """, phone_number_id, default_number)
+    row = await db.fetchrow(QUERIES["tier_usage"], phone_number_id, default_number)
     return TierUsage(limit, int(row["reached"]), int(row["in_flight"]), row["oldest"])

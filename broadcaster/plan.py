@@ -163,10 +163,8 @@ _NEW_RECIPIENTS = """
 SELECT count(*) FROM (SELECT DISTINCT wa_id FROM ledger
                       WHERE campaign_id = $1 AND state IN ('pending', 'claimed', 'unknown')) todo
 WHERE NOT EXISTS (
-    SELECT 1 FROM ledger o JOIN campaigns k ON k.id = o.campaign_id
-    WHERE o.wa_id = todo.wa_id
-      AND COALESCE(o.phone_number_id, k.phone_number_id, $3) = ANY(portfolio_numbers($2, $3))
-      AND (o.accepted_at > now() - interval '24 hours' OR o.state = 'claimed'))
+    SELECT 1 FROM portfolio_reach r
+    WHERE r.portfolio = portfolio_of($2) AND r.wa_id = todo.wa_id AND r.last_at > now() - interval '24 hours')
 """
 
 
@@ -202,12 +200,12 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
     frozen = campaign.state not in NOT_LAUNCHED
     if frozen:
         rows = await db.fetch(_COUNTS, campaign.id)
-        new = await _new_recipients(db, campaign.id, tiered, default_number)
+        new = await _new_recipients(db, campaign.id, tiered)
     elif compiled is not None:
         async with _rolled_back(db) as conn:
             await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
             rows = await conn.fetch(_COUNTS, campaign.id)
-            new = await _new_recipients(conn, campaign.id, tiered, default_number)
+            new = await _new_recipients(conn, campaign.id, tiered)
     else:  # pre-flight failed: no language choice possible; count the segment by contact language
         rows, new = await _segment_counts(db, campaign), None
 
@@ -248,11 +246,11 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
         tier_reached=reached, tier_remaining=remaining, new_recipients=new_recipients, eta=eta, settled=settled)
 
 
-async def _new_recipients(db: Database | Connection, campaign_id: int, number: str | None,
-                          default_number: str | None) -> int | None:
+async def _new_recipients(db: Database | Connection, campaign_id: int, number: str | None) -> int | None:
+    """Recipients still to send whom the number's portfolio has not reached in 24 h."""
     if number is None:
         return None
-    return int(await db.fetchval(_NEW_RECIPIENTS, campaign_id, number, default_number))
+    return int(await db.fetchval(_NEW_RECIPIENTS, campaign_id, number))
 
 
 async def _segment_counts(db: Database, campaign: Campaign) -> list[dict[str, Any]]:

@@ -253,7 +253,17 @@ upd AS (
     FROM agg a
     WHERE l.id = a.ledger_id
     RETURNING l.id, l.contact_id, l.campaign_id, l.accepted_at, a.delivered_ts, a.read_ts,
-              a.failed AND a.code = 131050 AS opted_out, a.failed_ts
+              a.failed AND a.code = 131050 AS opted_out, a.failed_ts, l.wa_id, l.phone_number_id, l.state
+),
+-- a row sent but never answered (unknown, or answered later) counts against its number's daily
+-- tier now; an accepted answer already counted it (record_results)
+reach AS (
+    INSERT INTO portfolio_reach AS pr (portfolio, wa_id, last_at)
+    SELECT DISTINCT ON (portfolio_of(u.phone_number_id), u.wa_id) portfolio_of(u.phone_number_id), u.wa_id, now()
+    FROM upd u
+    WHERE u.accepted_at IS NULL AND u.phone_number_id IS NOT NULL AND u.state IN ('sent', 'delivered', 'read')
+    ORDER BY portfolio_of(u.phone_number_id), u.wa_id
+    ON CONFLICT (portfolio, wa_id) DO UPDATE SET last_at = GREATEST(pr.last_at, EXCLUDED.last_at)
 ),
 opted AS (
     UPDATE contacts c SET marketing_opt_in = false, consent_source = 'error_131050',

@@ -57,11 +57,21 @@ DELETE FROM recipient_spacing WHERE next_at <= now()
 -- change: claimed, or turned `unknown` after the lease expired. A row a status webhook already moved
 -- forward (sent/delivered/read/failed) keeps its state; an `accepted` answer then only fills in
 -- wamid and accepted_at, so delivery latency is known for it too. With pair spacing ($11 s > 0)
--- the recipients' slots held since the claim become free $11 s from now.
+-- the recipients' slots held since the claim become free $11 s from now. Every accepted answer
+-- marks its recipient reached now in the sending number's portfolio (the daily tier's count).
 WITH spacing AS (
     UPDATE recipient_spacing s SET next_at = now() + make_interval(secs => $11::float8)
     FROM ledger sl
     WHERE $11::float8 > 0 AND sl.id = ANY($1::bigint[]) AND s.wa_id = sl.wa_id
+), reach AS (
+    INSERT INTO portfolio_reach AS pr (portfolio, wa_id, last_at)
+    SELECT DISTINCT ON (COALESCE(sn.portfolio, 'default'), rl.wa_id) COALESCE(sn.portfolio, 'default'), rl.wa_id, now()
+    FROM unnest($1::bigint[], $2::text[], $10::text[]) AS a(id, state, number)
+    JOIN ledger rl ON rl.id = a.id
+    LEFT JOIN sender_numbers sn ON sn.phone_number_id = a.number
+    WHERE a.state = 'accepted'
+    ORDER BY COALESCE(sn.portfolio, 'default'), rl.wa_id
+    ON CONFLICT (portfolio, wa_id) DO UPDATE SET last_at = EXCLUDED.last_at
 )
 UPDATE ledger l
 SET state = CASE WHEN l.state IN ('claimed', 'unknown') THEN r.state ELSE l.state END,
@@ -155,3 +165,23 @@ WHERE campaign_id = $1 AND state = 'failed' GROUP BY error_code ORDER BY n DESC
 -- Skipped rows per reason for one campaign.
 SELECT skip_reason, count(*)::bigint AS n FROM ledger
 WHERE campaign_id = $1 AND state = 'skipped' GROUP BY skip_reason ORDER BY n DESC
+
+-- name: tier_usage
+-- The daily tier of number $1's business portfolio ($2: the deployment's default number, which
+-- sends for campaigns without one): unique recipients reached in the rolling 24 h (an index-only
+-- range scan of portfolio_reach), the oldest of them (budget frees up 24 h after it), and rows in
+-- flight (claimed) or perhaps sent (unknown) of campaigns that may send from one of the portfolio's
+-- numbers (through ledger_in_flight_idx). A pool campaign's rows count against every portfolio of
+-- its pool: conservative.
+WITH p AS (SELECT portfolio_numbers($1, $2) AS ids, portfolio_of($1) AS portfolio),
+reached AS (
+    SELECT count(*) AS reached, min(r.last_at) AS oldest
+    FROM portfolio_reach r, p
+    WHERE r.portfolio = p.portfolio AND r.last_at > now() - interval '24 hours'
+), flight AS (
+    SELECT count(*) AS in_flight
+    FROM p, campaigns k JOIN ledger l ON l.campaign_id = k.id AND l.state IN ('claimed', 'unknown')
+    WHERE k.phone_number_id = ANY(p.ids) OR k.number_pool && p.ids
+       OR (k.phone_number_id IS NULL AND cardinality(k.number_pool) = 0 AND $2 = ANY(p.ids))
+)
+SELECT reached, oldest, in_flight FROM reached, flight

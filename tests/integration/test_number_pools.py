@@ -7,7 +7,9 @@ import random
 import trio
 
 from broadcaster import campaigns as camp
-from broadcaster.db import Database
+from broadcaster.campaign_run import CampaignRunner, RunOptions
+from broadcaster.db import Database, open_db
+from broadcaster.dispatch import DispatchConfig
 from broadcaster.ledger import LedgerStore
 from broadcaster.numbers import add_number, tier_usage
 from tests.integration.factories import campaign_for, run_campaign, settings_for
@@ -32,6 +34,40 @@ async def test_tier_used_up_pauses_with_reason_and_resume_time_never_fails(
     assert c.pause_detail["resume_at"] is not None
     counts = await LedgerStore(db).counts(campaign.id)
     assert counts["accepted"] == 100 and counts["pending"] == 50 and counts["failed"] == 0, counts.by_state
+
+
+async def test_two_workers_claiming_at_once_never_overshoot_the_tier(
+        db: Database, db_url: str, sandbox, uniq: str, phone_factory) -> None:
+    """Two workers with their own connections claim small batches of one campaign at the same
+    time: each claim counts the tier under the portfolio's lock, so 250 is never passed."""
+    number = new_number()
+    phones = [phone_factory() for _ in range(600)]
+    campaign = await campaign_for(db, uniq, phones)
+    await add_number(db, number, workspace=f"ws_{uniq}", mps=1000, tier=250, portfolio=f"pf_{uniq}")
+    await db.execute("UPDATE campaigns SET phone_number_id = $2 WHERE id = $1", campaign.id, number)
+    await camp.launch(db, campaign.name)
+
+    accepted: dict[str, int] = {}
+
+    async def worker(name: str) -> None:
+        async with open_db(db_url, max_size=4) as own:
+            runner = CampaignRunner(own, settings_for(db_url, sandbox), RunOptions(
+                dispatch=DispatchConfig(lanes=8, batch_size=20), mps_override=5000, only_campaign=campaign.id))
+            runner.dispatcher.owner = name  # two hosts, as far as leases are concerned
+            await runner.run()
+            accepted[name] = runner.dispatcher.stats.outcomes.get("accepted", 0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker, "host-a:1")
+        nursery.start_soon(worker, "host-b:1")
+
+    c = await camp.get_campaign(db, campaign.name)
+    assert (c.state, c.pause_reason, c.pause_detail["reached_24h"]) == ("paused", "tier_exhausted", 250)
+    counts = await LedgerStore(db).counts(campaign.id)
+    assert counts["accepted"] == 250 and counts["pending"] == 350, counts.by_state
+    assert sum(accepted.values()) == 250 and min(accepted.values()) > 0, accepted
+    seen = await trio.to_thread.run_sync(sandbox.recipients)
+    assert sum(1 for p in phones if seen.get(p)) == 250, "the provider saw exactly the tier's worth"
 
 
 async def test_two_number_pool_spills_over_500_then_700_nobody_twice(

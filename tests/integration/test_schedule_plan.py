@@ -71,12 +71,15 @@ async def test_tier_budget_counts_recipients_reached_in_the_last_day(db: Databas
     phones = [phone_factory() for _ in range(400)]
     earlier = await campaign_for(db, uniq, phones[:100])
     await db.execute("UPDATE campaigns SET phone_number_id = $2 WHERE id = $1", earlier.id, number)
-    await db.execute("INSERT INTO sender_numbers (phone_number_id, workspace, mps, tier) VALUES ($1, $2, 80, 250)",
-                     number, f"ws_{uniq}")
+    await db.execute("INSERT INTO sender_numbers (phone_number_id, workspace, mps, tier, portfolio)"
+                     " VALUES ($1, $2, 80, 250, $3)", number, f"ws_{uniq}", f"pf_{uniq}")
     await launch(db, earlier.name)
     reached_at = _now() - timedelta(hours=20)
-    await db.execute("UPDATE ledger SET state = 'accepted', accepted_at = $2 WHERE campaign_id = $1",
-                     earlier.id, reached_at)
+    # what record_results writes when these were accepted, 20 h ago
+    await db.execute("UPDATE ledger SET state = 'accepted', accepted_at = $2, phone_number_id = $3"
+                     " WHERE campaign_id = $1", earlier.id, reached_at, number)
+    await db.execute("INSERT INTO portfolio_reach (portfolio, wa_id, last_at)"
+                     " SELECT $2, wa_id, accepted_at FROM ledger WHERE campaign_id = $1", earlier.id, f"pf_{uniq}")
     # a second campaign over the same workspace: the 100 reached + 300 new contacts
     await add_contacts(db, f"ws_{uniq}", phones[100:])
     second = await create_campaign(db, f"camp2_{uniq}", segment=f"seg_{uniq}", template="daily_campaign_invite",
