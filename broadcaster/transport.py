@@ -68,6 +68,7 @@ class CloudApiTransport:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self._origin = httpcore.Origin(parts.scheme.encode(), parts.hostname.encode(), port)
         self._url = f"{config.api_url.rstrip('/')}/{phone_number_id}/messages"
+        self._request_url = httpcore.URL(self._url)  # parsed once, not per request (~6 µs each)
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         headers = [(b"Content-Type", b"application/json"), (b"Host", parts.netloc.encode())]
         if config.token:
@@ -136,7 +137,7 @@ class Lane:
             conn = self._connection()
             try:
                 resp = await conn.request(
-                    b"POST", self._t._url, headers=self._t._headers, content=body,
+                    b"POST", self._t._request_url, headers=self._t._headers, content=body,
                     extensions={"timeout": self._t._timeouts})
                 break
             except httpcore.ConnectionNotAvailable:
