@@ -21,7 +21,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_dispatch import bench_db_url, prepare, start_sandbox  # noqa: E402
+from benchmarks.bench_dispatch import bench_db_url, fresh_database, prepare, start_sandbox  # noqa: E402
 from broadcaster.campaign_run import CampaignRunner, RunOptions  # noqa: E402
 from broadcaster.campaigns import launch  # noqa: E402
 from broadcaster.config import Settings  # noqa: E402
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--rates", default="80,1000")
     args = ap.parse_args()
     db_url = bench_db_url()
+    fresh_database(db_url)
     rows = []
     for mps in (int(r) for r in args.rates.split(",")):
         sandbox, api_url = start_sandbox()
@@ -82,13 +83,19 @@ def main() -> None:
         steady = max(sum(counts[i:i + int(args.seconds) - 2]) / (int(args.seconds) - 2)
                      for i in range(max(1, len(counts) - int(args.seconds) + 3)))
         rows.append((mps, steady, stats["max_per_second"].get(result["number"], 0),
+                     stats["max_in_any_second"].get(result["number"], 0),
                      1e6 * result["cpu"] / max(1, result["sent"])))
     print(f"\nlimiter accuracy, {args.seconds:.0f} s per rate, sandbox in another process\n")
-    print("| configured msg/s | achieved msg/s (steady) | achieved / configured | provider max in 1 s | CPU µs/msg |")
-    print("|---|---|---|---|---|")
-    for mps, steady, peak, cpu in rows:
-        print(f"| {mps} | {steady:.1f} | {steady / mps:.3f} | {peak} | {cpu:.0f} |")
-    print("\ntargets: achieved / configured >= 0.97, provider max in 1 s <= configured")
+    print("| configured msg/s | achieved msg/s (steady) | achieved / configured | provider max per second "
+          "| provider max in any 1-s interval | CPU µs/msg |")
+    print("|---|---|---|---|---|---|")
+    for mps, steady, peak, sliding, cpu in rows:
+        print(f"| {mps} | {steady:.1f} | {steady / mps:.3f} | {peak} | {sliding} | {cpu:.0f} |")
+    print("\ntargets: achieved / configured >= 0.97, provider max per second (the sandbox's calendar-second"
+          " count, as Meta's limit is stated) <= configured.\nThe sliding 1-s figure is stricter: it also"
+          " counts delays between a send slot and the sandbox's clock (lane scheduling, the socket, the"
+          " sandbox's event loop), which can bunch requests the limiter spaced; the limiter's own slots"
+          " stay within rate·(1 + 5 ms) + 1 in any 1-s interval.")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ class SandboxState:
     """Everything the sandbox counts. Not thread-safe: used from one trio task at a time.
 
     The per-number limit is a fixed 1-second window on `int(now)`: at most `mps` accepted sends
-    per phone_number_id in each window; rejected attempts do not count. This is neither the
+    per phone_number_id in each window; rejected attempts do not count. What a sender achieved is
+    also measured the strict way: `max_in_any_second` is the most accepts in any 1-s interval
+    (sliding, to the accept's own clock reading), which a fixed window can understate by 2x. This is neither the
     pair spacing (`pair_interval_s`, per recipient) nor a daily messaging-limit tier (not
     simulated).
     """
@@ -38,6 +40,8 @@ class SandboxState:
         self.duplicates = 0
         self.windows: dict[str, list[int]] = {}  # phone_number_id → [second, accepted in it]
         self.max_per_second: dict[str, int] = {}
+        self.recent_accepts: dict[str, deque[float]] = {}  # phone_number_id → accept times in the last 1 s
+        self.max_in_any_second: dict[str, int] = {}  # sliding: the most accepts in any 1-s interval
         self.accepted_by_number: dict[str, int] = {}
         self.per_second: dict[int, int] = {}
         self.last_accept: dict[tuple[str, str], float] = {}  # (phone id, wa_id) → epoch s
@@ -88,6 +92,14 @@ class SandboxState:
         window[1] += 1
         if window[1] > self.max_per_second.get(phone_number_id, 0):
             self.max_per_second[phone_number_id] = window[1]
+        recent = self.recent_accepts.get(phone_number_id)
+        if recent is None:
+            recent = self.recent_accepts[phone_number_id] = deque()
+        recent.append(now)
+        while recent[0] <= now - 1.0:
+            recent.popleft()
+        if len(recent) > self.max_in_any_second.get(phone_number_id, 0):
+            self.max_in_any_second[phone_number_id] = len(recent)
         per_second = self.per_second
         per_second[second] = per_second.get(second, 0) + 1
         if len(per_second) > PER_SECOND_KEEP:
@@ -114,6 +126,7 @@ class SandboxState:
             "recipients": len(self.recipients),
             "duplicates": self.duplicates,
             "max_per_second": dict(self.max_per_second),
+            "max_in_any_second": dict(self.max_in_any_second),
             "accepted_by_number": dict(self.accepted_by_number),
             "per_second": [[s, n] for s, n in sorted(self.per_second.items())],
             "faults": dict(self.faults),

@@ -84,8 +84,9 @@ def test_three_workers_share_one_number_at_200_per_s(db_url: str, uniq: str, tmp
     # steady state: drop the first and last (partial) seconds of sending
     steady = [series.get(s, 0) for s in range(seconds[1], seconds[-1])]
     best10 = max(sum(steady[i:i + 10]) for i in range(0, max(1, len(steady) - 9)))
-    peak = stats["max_per_second"][number]
-    print(f"\n3 workers @200/s: seconds={len(steady)} peak 1-s window={peak} best 10 s={best10} "
+    peak = stats["max_per_second"][number]  # the sandbox's count per (calendar) second
+    print(f"\n3 workers @200/s: seconds={len(steady)} peak per second={peak} (in any sliding 1-s interval "
+          f"{stats['max_in_any_second'][number]}, delivery delays included) best 10 s={best10} "
           f"({best10 / 20:.1f}% of 2000) duplicates={stats['duplicates']}")
     assert peak <= 200
     assert best10 >= 0.97 * 2000

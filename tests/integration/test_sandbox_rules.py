@@ -158,6 +158,9 @@ def test_mps_window_never_admits_more_than_mps_per_second(gaps: list[float], mps
     for t in accepted:
         per_second[int(t)] = per_second.get(int(t), 0) + 1
     assert max(per_second.values()) == state.max_per_second["n"] <= mps
+    # the strict measure: the most accepts in any 1-s interval (t-1, t], counted the slow way
+    sliding = max(sum(1 for u in accepted if t - 1.0 < u <= t) for t in accepted)
+    assert state.max_in_any_second["n"] == sliding
     assert [[s, n] for s, n in sorted(per_second.items())] == state.stats()["per_second"]
 
 
