@@ -27,6 +27,7 @@ from templates import CONTACT_FIELDS, CompiledCampaign, PreflightError, compile_
 
 FINAL_STATES = ("completed", "cancelled")
 GUARD_REASONS = ("optout_spike", "failure_spike")  # health guards: only `resume --force` overrides them
+ANALYZE_AFTER_ROWS = 10_000  # a freeze of at least this many rows refreshes the ledger's planner statistics
 
 
 class PreflightFailed(BroadcasterError):
@@ -245,6 +246,13 @@ async def launch(db: Database, name: str) -> LaunchResult:
         if moved is None:
             return LaunchResult(await get_campaign(conn, name), False, 0)
         frozen = await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
+        if frozen >= ANALYZE_AFTER_ROWS:
+            # fresh statistics before the first claim: planned on stale ones (no pending rows),
+            # a claim sorts every pending row of the campaign (measured at 200k: 116 ms a claim
+            # instead of 0.6 ms) until autovacuum gets to it. Inside the transaction, so the
+            # first worker to see the campaign running also sees them; ANALYZE counts this
+            # transaction's own rows.
+            await conn.execute("ANALYZE ledger")
     metrics.record_campaign_state("running")
     return LaunchResult(await get_campaign(db, name), True, frozen)
 
