@@ -2,7 +2,8 @@
 
 Measures, in one run against the same sandbox:
   engine      the real pipeline (claim → render → limit → httpcore lanes → batched ledger writes)
-  bare lanes  the floor: N httpcore lanes POSTing pre-built bodies, no DB, no render, no limiter
+  bare lanes  the floor: N httpcore lanes POSTing the engine's payloads pre-built (same template and
+              languages, so the sandbox does the same work), no DB, no render, no limiter
   naive peer  what people write by hand: asyncio + httpx.AsyncClient + Semaphore(100), no ledger
 and prints msg/s, CPU per message and the ratios. Engine and bare lanes alternate (--repeat, 2 by
 default) and the verdict is the median pair's ratio. Each run starts from an empty benchmark
@@ -40,6 +41,7 @@ from broadcaster.db import ensure_database, open_db  # noqa: E402
 from broadcaster.dispatch import DispatchConfig  # noqa: E402
 from broadcaster.migrate import migrate  # noqa: E402
 from broadcaster.template_store import import_templates  # noqa: E402
+from templates import build_message  # noqa: E402
 
 NUMBER = "106540352242922"
 VARS = {"1": "contact.name", "2": "contact.genre_label", "3": "#MonsoonMasti", "4": "9 PM",
@@ -124,19 +126,31 @@ async def run_engine(db_url: str, api_url: str, name: str, lanes: int) -> dict[s
     return {"sent": accepted, "wall": wall, "cpu": cpu, "freeze": freeze_s}
 
 
+def engine_bodies(n: int, prefix: str = "91800") -> list[bytes]:
+    """The payloads the engine sends for `prepare`'s contacts (same template, languages, variables),
+    rendered ahead, to other recipients: the bare loop asks the sandbox for the same work."""
+    from templates import compile_campaign, parse_message_templates
+
+    doc = orjson.loads((ROOT / "examples" / "message_templates.json").read_bytes())
+    variants = {t.language: t for t in parse_message_templates(doc) if t.name == "daily_campaign_invite"}
+    compiled = compile_campaign(variants, VARS, default_language="hi")
+    bodies = []
+    for g in range(1, n + 1):
+        contact = {"name": f"Creator {g}", "genre": "comedy", "language": ("hi", "ta", "te", "bn", "en")[g % 5],
+                   "city": None, "followers": None, "external_id": f"cr_{g}", "attributes": {}}
+        rendered = compiled.render(contact, compiled.choose_language(contact["language"]))
+        bodies.append(build_message(f"{prefix}{g:07d}", rendered.template, f"0:{g}"))
+    return bodies
+
+
 async def run_bare(api_url: str, n: int, lanes: int) -> dict[str, float]:
-    """The floor: pre-built bodies, one httpcore connection per lane, nothing else."""
+    """The floor: the engine's payloads pre-built, one httpcore connection per lane, nothing else."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(api_url)
     origin = httpcore.Origin(b"http", parts.hostname.encode(), parts.port)
     url = f"{api_url}/{NUMBER}/messages"
-    body_tpl = {"messaging_product": "whatsapp", "recipient_type": "individual", "type": "template",
-                "template": {"name": "creator_tips_update", "language": {"code": "en"}, "components": [
-                    {"type": "body", "parameters": [
-                        {"type": "text", "parameter_name": "first_name", "text": "Asha"},
-                        {"type": "text", "parameter_name": "tip_link", "text": "https://x.in/h"}]}]}}
-    bodies = [orjson.dumps({**body_tpl, "to": f"+91800{i:07d}"}) for i in range(n)]
+    bodies = engine_bodies(n)
     headers = [(b"Content-Type", b"application/json"), (b"Host", parts.netloc.encode()),
                (b"Authorization", b"Bearer bench")]
     it = iter(bodies)
@@ -158,24 +172,23 @@ async def run_bare(api_url: str, n: int, lanes: int) -> dict[str, float]:
 
 
 def run_naive(api_url: str, n: int) -> dict[str, float]:
-    """A hand-written peer: asyncio + httpx, Semaphore(100), no ledger, no limiter."""
+    """A hand-written peer: asyncio + httpx, Semaphore(100), no ledger, no limiter (the engine's
+    payloads, pre-built)."""
+
+    bodies = engine_bodies(n, prefix="91700")
 
     async def main() -> int:
         sem = asyncio.Semaphore(100)
         ok = 0
-        async with httpx.AsyncClient(timeout=30, headers={"Authorization": "Bearer bench"},
-                                     limits=httpx.Limits(max_connections=100)) as client:
-            async def one(i: int) -> None:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100),
+                                     headers={"Authorization": "Bearer bench",
+                                              "Content-Type": "application/json"}) as client:
+            async def one(body: bytes) -> None:
                 nonlocal ok
                 async with sem:
-                    r = await client.post(f"{api_url}/{NUMBER}/messages", json={
-                        "messaging_product": "whatsapp", "to": f"+91700{i:07d}", "type": "template",
-                        "template": {"name": "creator_tips_update", "language": {"code": "en"},
-                                     "components": [{"type": "body", "parameters": [
-                                         {"type": "text", "parameter_name": "first_name", "text": "Asha"},
-                                         {"type": "text", "parameter_name": "tip_link", "text": "https://x.in/h"}]}]}})
+                    r = await client.post(f"{api_url}/{NUMBER}/messages", content=body)
                     ok += r.status_code == 200
-            await asyncio.gather(*(one(i) for i in range(n)))
+            await asyncio.gather(*(one(b) for b in bodies))
         return ok
 
     c0, t0 = cpu_s(), time.perf_counter()
