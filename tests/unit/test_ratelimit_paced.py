@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ratelimit import MemorySlotStore, PacedLimiter, reserve_slots
+from tests.unit.ratelimit_support import run_virtual, window_excess
 
 
 def max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -86,3 +87,58 @@ def test_reservations_never_overlap_and_stay_within_horizon(calls, rate, horizon
             tat = new_tat
     slots.sort()
     assert all(b - a >= 1 / rate - 1e-9 for a, b in zip(slots, slots[1:], strict=False))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rate=st.floats(5, 500), workers=st.integers(1, 3), latency=st.floats(0, 0.02),
+       arrivals=st.lists(st.tuples(st.floats(0, 2), st.integers(1, 3), st.one_of(st.none(), st.floats(0, 0.3))),
+                         min_size=1, max_size=60))
+def test_any_arrivals_and_cancels_keep_the_window_bound_and_serve_every_waiter(
+        rate: float, workers: int, latency: float, arrivals: list[tuple[float, int, float | None]]) -> None:
+    """Waiters arrive at any times on any of several workers sharing one number, asking for 1-3
+    slots; some give up after a while. Slots granted in any window [a, b] never exceed
+    rate·(b − a) + 1 + rate·late_s (a slot is used at most late_s after its time), and every
+    waiter that did not give up is served (a cancelled one blocks nobody)."""
+    store = MemorySlotStore()
+
+    class SlowStore:
+        async def reserve(self, *a):  # type: ignore[no-untyped-def]
+            await trio.sleep(latency)
+            return await store.reserve(*a)
+
+    slots: list[tuple[float, int]] = []  # when each slot handed to a waiter is used (or wasted)
+
+    class Recorded(PacedLimiter):
+        async def _next_slot(self) -> float:
+            slot = await super()._next_slot()
+            slots.append((max(slot, trio.current_time()), 1))
+            return slot
+
+    limiters = [Recorded(SlowStore(), "n1", rate) for _ in range(workers)]
+    grants: list[tuple[float, int]] = []
+    unserved: list[int] = []
+
+    async def waiter(index: int, at: float, n: int, give_up_after: float | None) -> None:
+        await trio.sleep(at)
+        limiter = limiters[index % workers]
+        if give_up_after is None:
+            await limiter.take(n)
+            grants.append((trio.current_time(), n))
+            return
+        with trio.move_on_after(give_up_after):
+            await limiter.take(n)
+            grants.append((trio.current_time(), n))
+
+    async def main() -> None:
+        with trio.move_on_after(120) as scope:
+            async with trio.open_nursery() as nursery:
+                for i, (at, n, give_up) in enumerate(arrivals):
+                    nursery.start_soon(waiter, i, at, n, give_up)
+        if scope.cancelled_caught:
+            unserved.append(1)
+
+    run_virtual(main)
+    assert not unserved, "a waiter that did not give up was never served"
+    assert sum(n for _, n in grants) <= len(slots), "a take returns only with all its slots"
+    assert window_excess(slots, rate, 1 + rate * 0.005) <= 1e-6
+    assert all(lim.statistics().waiting == 0 for lim in limiters)
