@@ -58,6 +58,17 @@ async def test_three_workers_together_never_exceed_the_rate_and_use_it_fully(aut
     assert store.calls <= len(sent) / 5, "one store round trip per chunk of slots, not per message"
 
 
+async def test_the_store_round_trip_leaves_no_gap_in_the_schedule(autojump_clock) -> None:
+    """A 10-ms round trip per 50-ms chunk: reserved while half a chunk is still held, the next
+    chunk follows the last one seamlessly, so one worker uses its whole rate (reserving only when
+    the held slots ran out lost a round trip per chunk: ~17% here)."""
+    sent, store = await run_workers(1000, workers=1, lanes=32, seconds=5, latency=0.010)
+    steady = [t for t in sent if 1.0 <= t < 4.0]
+    assert len(steady) >= 0.995 * 1000 * 3, len(steady)
+    assert max_in_window(sent) <= 1001
+    assert store.calls <= len(sent) / 40
+
+
 async def test_a_worker_dying_with_slots_held_never_makes_the_others_overshoot(autojump_clock) -> None:
     sent, _ = await run_workers(100, workers=3, lanes=4, seconds=6, latency=0.004, dead_after=2.0)
     assert max_in_window(sent) <= 101
