@@ -20,11 +20,11 @@ MAX_MPS = 1000
 TIER_NAMES = {"250": 250, "2k": 2000, "10k": 10_000, "100k": 100_000, "unlimited": None}
 
 
-SAFETY_SHARE = 0.985  # send at 98.5% of the ceiling: arrival jitter must not push a 1-s window over it
+SAFETY_SHARE = 0.98  # send at 98% of the ceiling: arrival jitter must not push a 1-s window over it
 
 
 def sending_rate(mps: float) -> float:
-    """The paced rate for a number whose ceiling is `mps`: 80 → 78.8, 200 → 197, 1000 → 985.
+    """The paced rate for a number whose ceiling is `mps`: 80 → 78.4, 200 → 196, 1000 → 980.
 
     Workers share it as a schedule of send slots (ratelimit.PacedLimiter), so there is no burst;
     the send plan's ETA uses the same rate.
