@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import httpx
 import orjson
 import pytest
+import trio
 
 from broadcaster import campaigns as camp
 from broadcaster.campaigns import PreflightFailed, get_campaign
-from broadcaster.db import Database
+from broadcaster.db import Database, open_db
 from broadcaster.ledger import LedgerStore
 from broadcaster.report import campaign_report
 from tests.integration.factories import add_contacts, campaign_for, run_campaign, settings_for
@@ -110,3 +113,48 @@ async def test_an_attribute_some_contacts_carry_is_a_valid_field_and_launch_rech
     with pytest.raises(PreflightFailed, match="contact.handle is neither"):
         await camp.launch(db, campaign.name)
     assert (await get_campaign(db, campaign.name)).state == "draft"
+
+
+def _many_phones(n: int) -> list[str]:
+    prefix = f"917{random.randint(100, 999)}"
+    return [f"{prefix}{i:06d}" for i in range(n)]
+
+
+async def _last_analyze(db: Database):
+    return await db.fetchval("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'ledger'")
+
+
+async def test_a_large_freeze_refreshes_the_ledger_statistics_before_any_claim(db: Database, uniq: str) -> None:
+    """Planned on statistics that know no pending rows, a claim sorts the whole campaign: a launch
+    of at least ANALYZE_AFTER_ROWS rows analyzes the ledger in the launch transaction."""
+    campaign = await campaign_for(db, uniq, _many_phones(camp.ANALYZE_AFTER_ROWS + 200))
+    started = await db.fetchval("SELECT now()")
+    result = await camp.launch(db, campaign.name)
+    assert result.started_now and result.frozen_rows == camp.ANALYZE_AFTER_ROWS + 200
+    analyzed = await _last_analyze(db)
+    assert analyzed is not None and analyzed >= started
+    plan = "\n".join(r[0] for r in await db.fetch(
+        "EXPLAIN SELECT id FROM ledger WHERE campaign_id = ANY($1::int[]) AND state = 'pending'"
+        " AND (retry_at IS NULL OR retry_at <= now()) ORDER BY campaign_id, id LIMIT 500 FOR UPDATE SKIP LOCKED",
+        [campaign.id]))
+    await camp.cancel(db, campaign.name)  # no other test's worker may send it
+    assert "ledger_claimable_idx" in plan and "Sort" not in plan, plan
+
+
+async def test_a_vacuum_holding_the_ledger_does_not_hold_up_a_launch(db: Database, db_url: str, uniq: str) -> None:
+    """The statistics are best effort: with the table locked against ANALYZE (as a long vacuum
+    does), the launch gives up on them after 2 s and the campaign runs."""
+    campaign = await campaign_for(db, uniq, _many_phones(camp.ANALYZE_AFTER_ROWS + 10))
+    before = await _last_analyze(db)
+    async with open_db(db_url, max_size=1) as other, other.transaction() as holder:
+        await holder.execute("LOCK TABLE ledger IN SHARE UPDATE EXCLUSIVE MODE")
+        t0 = trio.current_time()
+        result = await camp.launch(db, campaign.name)
+        waited = trio.current_time() - t0
+    running = (await get_campaign(db, campaign.name)).state
+    pending = (await LedgerStore(db).counts(campaign.id))["pending"]
+    await camp.cancel(db, campaign.name)  # no other test's worker may send it
+    assert result.started_now and running == "running"
+    assert pending == camp.ANALYZE_AFTER_ROWS + 10, "the audience is frozen all the same"
+    assert 1.5 <= waited < 10, waited
+    assert await _last_analyze(db) == before
