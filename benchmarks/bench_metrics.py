@@ -151,7 +151,8 @@ class MemoryLedger:
         self.accepted = 0
 
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str, pair_spacing_s: float = 0.0, tiers: Any = None) -> list[ClaimedRow]:
+                          owner: str, pair_spacing_s: float = 0.0, tiers: Any = None,
+                          senders: Any = None) -> list[ClaimedRow]:
         await trio.lowlevel.checkpoint()
         return [self.queue.popleft() for _ in range(min(limit, len(self.queue)))]
 

@@ -56,7 +56,8 @@ HANDOUT_SLICE = 25      # rows rendered and handed out between two yields to the
 class LedgerPort(Protocol):
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
                           owner: str, pair_spacing_s: float = 0.0,
-                          tiers: Mapping[int, TierBudget] | None = None) -> list[ClaimedRow]: ...
+                          tiers: Mapping[int, TierBudget] | None = None,
+                          senders: Mapping[int, str] | None = None) -> list[ClaimedRow]: ...
     async def record_results(self, outcomes: Sequence[Outcome], *, owner: str,
                              pair_spacing_s: float = 0.0) -> int: ...
     async def release_claims(self, ids: Sequence[int], *, owner: str) -> None: ...
@@ -261,7 +262,8 @@ class Dispatcher:
         start_by = t0 + self.cfg.lease_s - min(self.cfg.send_margin_s, self.cfg.lease_s / 2)
         rows = await self.ledger.claim_batch([s.id for s in claimable], self.cfg.batch_size,
                                              lease_s=self.cfg.lease_s, owner=self.owner,
-                                             pair_spacing_s=self.cfg.pair_spacing_s, tiers=tiers or None)
+                                             pair_spacing_s=self.cfg.pair_spacing_s, tiers=tiers or None,
+                                             senders={s.id: s.number for s in claimable})
         metrics.observe_claim(trio.current_time() - t0)
         self.stats.claimed += len(rows)
         if not rows:

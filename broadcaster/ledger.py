@@ -121,7 +121,8 @@ class LedgerStore:
 
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
                           owner: str, pair_spacing_s: float = 0.0,
-                          tiers: Mapping[int, TierBudget] | None = None) -> list[ClaimedRow]:
+                          tiers: Mapping[int, TierBudget] | None = None,
+                          senders: Mapping[int, str] | None = None) -> list[ClaimedRow]:
         """Claim up to `limit` sendable rows. With `pair_spacing_s` > 0, never two rows of one
         recipient within that many seconds, across campaigns and workers: a row whose recipient
         was claimed more recently is deferred (`retry_at`), not claimed and not failed.
@@ -130,10 +131,14 @@ class LedgerStore:
         most what is left of it (reached in 24 h and rows in flight counted), and a campaign whose
         tier has nothing left claims nothing. Claims for one business portfolio are serialised by
         a transaction lock taken before the count, so workers never overshoot a tier together.
+
+        `senders` maps a campaign id to the number that will send its rows; the claimed rows
+        record it, so rows in flight count against that number's tier.
         """
         if not campaign_ids or limit <= 0:
             return []
-        rest = (float(lease_s), owner, float(pair_spacing_s))
+        send_map = dict(senders or {})
+        rest = (float(lease_s), owner, float(pair_spacing_s), list(send_map), list(send_map.values()))
         budgets = {cid: t for cid, t in (tiers or {}).items() if cid in campaign_ids}
         if not budgets:
             return self._claimed(await self.db.fetch(QUERIES["claim_batch"], list(campaign_ids), limit, *rest))

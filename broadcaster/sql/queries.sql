@@ -40,7 +40,11 @@ WITH picked AS (
 )
 UPDATE ledger l
 SET state = 'claimed', lease_until = now() + make_interval(secs => $3), lease_owner = $4,
-    claimed_at = now(), updated_at = now()
+    claimed_at = now(), updated_at = now(),
+    -- the number that will send it ($6 campaign ids, $7 their numbers): rows in flight count
+    -- against that number's daily tier
+    phone_number_id = COALESCE((SELECT n.number FROM unnest($6::int[], $7::text[]) AS n(cid, number)
+                                WHERE n.cid = l.campaign_id), l.phone_number_id)
 FROM go, contacts c
 WHERE l.id = go.id AND c.id = l.contact_id
 RETURNING l.id, l.campaign_id, l.wa_id, l.language, l.attempts,
@@ -167,12 +171,11 @@ SELECT skip_reason, count(*)::bigint AS n FROM ledger
 WHERE campaign_id = $1 AND state = 'skipped' GROUP BY skip_reason ORDER BY n DESC
 
 -- name: tier_usage
--- The daily tier of number $1's business portfolio ($2: the deployment's default number, which
--- sends for campaigns without one): unique recipients reached in the rolling 24 h (an index-only
--- range scan of portfolio_reach), the oldest of them (budget frees up 24 h after it), and rows in
--- flight (claimed) or perhaps sent (unknown) of campaigns that may send from one of the portfolio's
--- numbers (through ledger_in_flight_idx). A pool campaign's rows count against every portfolio of
--- its pool: conservative.
+-- The daily tier of number $1's business portfolio ($2: the deployment's default number, counted
+-- with it when it is in the same portfolio): unique recipients reached in the rolling 24 h (an
+-- index-only range scan of portfolio_reach), the oldest of them (budget frees up 24 h after it),
+-- and rows in flight (claimed) or perhaps sent (unknown) by one of the portfolio's numbers (the
+-- claim records the sending number; through ledger_in_flight_number_idx).
 WITH p AS (SELECT portfolio_numbers($1, $2) AS ids, portfolio_of($1) AS portfolio),
 reached AS (
     SELECT count(*) AS reached, min(r.last_at) AS oldest
@@ -180,8 +183,7 @@ reached AS (
     WHERE r.portfolio = p.portfolio AND r.last_at > now() - interval '24 hours'
 ), flight AS (
     SELECT count(*) AS in_flight
-    FROM p, campaigns k JOIN ledger l ON l.campaign_id = k.id AND l.state IN ('claimed', 'unknown')
-    WHERE k.phone_number_id = ANY(p.ids) OR k.number_pool && p.ids
-       OR (k.phone_number_id IS NULL AND cardinality(k.number_pool) = 0 AND $2 = ANY(p.ids))
+    FROM ledger l, p
+    WHERE l.state IN ('claimed', 'unknown') AND l.phone_number_id = ANY(p.ids)
 )
 SELECT reached, oldest, in_flight FROM reached, flight

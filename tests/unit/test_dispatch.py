@@ -44,7 +44,7 @@ class MemoryLedger:
         self.writes = 0
 
     async def claim_batch(self, campaign_ids: Sequence[int], limit: int, *, lease_s: float,
-                          owner: str, pair_spacing_s: float = 0.0, tiers=None) -> list[ClaimedRow]:
+                          owner: str, pair_spacing_s: float = 0.0, tiers=None, senders=None) -> list[ClaimedRow]:
         await trio.lowlevel.checkpoint()
         self.claims += 1
         out = []
