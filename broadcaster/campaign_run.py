@@ -27,7 +27,7 @@ from broadcaster.health import GuardMonitor
 from broadcaster.inbox.slack import SlackConfig
 from broadcaster.ledger import LedgerStore, TierBudget
 from broadcaster.limits import PgSlotStore
-from broadcaster.numbers import TierUsage, sending_rate, tier_usage
+from broadcaster.numbers import TierUsage, sending_rate, tier_usage, workspace_numbers
 from broadcaster.sql import QUERIES
 from broadcaster.transport import CloudApiTransport, TransportConfig
 from ratelimit import AimdController, PacedLimiter
@@ -90,6 +90,7 @@ class CampaignRunner:
         self.owner = worker_id()
         self._numbers: dict[str, _Number] = {}
         self._numbers_read_at = 0.0
+        self._workspace_numbers: dict[str, tuple[float, list[str]]] = {}  # workspace → (read at, numbers)
         self._compiled: dict[int, tuple[Any, Campaign]] = {}
         # health guards (opt-out / failure spikes): evaluated every few seconds from the claim cycle
         self.guards = GuardMonitor(
@@ -106,8 +107,8 @@ class CampaignRunner:
     async def _number(self, phone_number_id: str | None) -> _Number:
         pid = phone_number_id or self.settings.whatsapp_phone_number_id
         if not pid:
-            raise ConfigError("no sender number: set WHATSAPP_PHONE_NUMBER_ID or give the campaign a number "
-                              "(`broadcaster numbers add …`)")
+            raise ConfigError("no sender number: `broadcaster numbers add PHONE_NUMBER_ID --workspace W` for the "
+                              "campaign's workspace, or set WHATSAPP_PHONE_NUMBER_ID")
         num = self._numbers.get(pid)
         if num is None:
             row = await self.db.fetchrow("SELECT mps, tier, quality FROM sender_numbers WHERE phone_number_id = $1",
@@ -170,7 +171,13 @@ class CampaignRunner:
                 cached = (compiled, campaign)
                 self._compiled[r["id"]] = cached
             compiled, campaign = cached
-            chosen = await self._choose_number(campaign)
+            try:
+                chosen = await self._choose_number(campaign)
+            except ConfigError as exc:
+                # this campaign cannot send from anywhere; the worker goes on with the others
+                log.error("campaign=%s cannot send: %s", campaign.name, exc)
+                await pause_by_id(self.db, campaign.id, reason="no_sender_number", detail={"error": str(exc)})
+                continue
             if chosen is None:
                 continue
             num, tier = chosen
@@ -194,11 +201,11 @@ class CampaignRunner:
         campaign pauses with `tier_exhausted` and the earliest time one frees up. A recipient is
         one ledger row, so whichever number sends it, it is sent once.
         """
-        pool = list(campaign.number_pool) or [campaign.phone_number_id or ""]
+        pool = await self._pool(campaign)
         exhausted: list[TierUsage] = []
         candidates = []
-        for pid in pool:
-            num = await self._number(pid or None)
+        for pid in pool or [""]:
+            num = await self._number(pid or None)  # none at all: ConfigError naming what to do
             candidates.append(num)
         if len(candidates) > 1:
             candidates.sort(key=lambda n: n.quality == "RED")  # stable: pool order among equals
@@ -216,6 +223,18 @@ class CampaignRunner:
         soonest = min(exhausted, key=lambda u: u.oldest_at or campaign.created_at)
         await self._pause_tier(campaign, soonest)
         return None
+
+    async def _pool(self, campaign: Campaign) -> list[str]:
+        """numbers.sender_pool, with a workspace's own numbers re-read at most every 5 s."""
+        if campaign.number_pool or campaign.phone_number_id:
+            return list(campaign.number_pool) or [campaign.phone_number_id or ""]
+        now = trio.current_time()
+        cached = self._workspace_numbers.get(campaign.workspace)
+        if cached is None or now - cached[0] >= NUMBERS_REFRESH_S:
+            cached = self._workspace_numbers[campaign.workspace] = (
+                now, await workspace_numbers(self.db, campaign.workspace))
+        default = self.settings.whatsapp_phone_number_id
+        return list(cached[1]) or ([default] if default else [])
 
     async def _pause_tier(self, campaign: Campaign, usage: TierUsage) -> None:
         resume_at = usage.oldest_at + timedelta(hours=24) if usage.oldest_at else None

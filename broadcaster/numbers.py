@@ -9,6 +9,7 @@ never overshoot it together.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -65,11 +66,80 @@ def check_portfolio(portfolio: str) -> str:
     return value
 
 
+def check_phone_number_id(value: str) -> str:
+    """A WhatsApp phone_number_id is the Graph object id of a number (digits, e.g. 106540352242922),
+    not the phone number itself; a '+', spaces or dashes mean someone pasted the number."""
+    pid = value.strip()
+    if not pid:
+        raise UsageError("PHONE_NUMBER_ID is empty: give the number's id from WhatsApp Manager "
+                         "(API Setup → Phone number ID)")
+    if not (pid.isdigit() and pid.isascii() and 5 <= len(pid) <= 25):
+        hint = (" — that looks like the phone number itself; the id is a different string of digits"
+                if any(c in pid for c in "+ -()") else "")
+        raise UsageError(f"PHONE_NUMBER_ID {value!r} is not a phone_number_id (5-25 digits){hint}: "
+                         "see WhatsApp Manager → API Setup → Phone number ID")
+    return pid
+
+
+async def check_workspace(db: Database | Connection, workspace: str) -> str:
+    """The workspace, if it exists; else NotFoundError naming the closest existing one."""
+    name = workspace.strip()
+    if name and await db.fetchval("SELECT 1 FROM workspaces WHERE name = $1", name):
+        return name
+    known = [r["name"] for r in await db.fetch("SELECT name FROM workspaces ORDER BY name")]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else (f"; known: {', '.join(known)}" if known else "")
+    raise NotFoundError(f"workspace '{workspace}' does not exist{hint}: workspaces are created by "
+                        f"`broadcaster contacts import FILE --workspace {workspace}`")
+
+
+async def workspace_numbers(db: Database | Connection, workspace: str) -> list[str]:
+    """The workspace's own sender numbers, in the order they were added."""
+    rows = await db.fetch("SELECT phone_number_id FROM sender_numbers WHERE workspace = $1"
+                          " ORDER BY created_at, phone_number_id", workspace)
+    return [r["phone_number_id"] for r in rows]
+
+
+async def sender_pool(db: Database | Connection, *, workspace: str, phone_number_id: str | None,
+                      number_pool: list[str] | tuple[str, ...], default_number: str | None) -> list[str]:
+    """The numbers a campaign sends from, in order of preference: its own pool, else its number,
+    else its workspace's numbers (each workspace sends from its own), else the deployment's
+    default (WHATSAPP_PHONE_NUMBER_ID). Empty when there is none."""
+    if number_pool:
+        return list(number_pool)
+    if phone_number_id:
+        return [phone_number_id]
+    own = await workspace_numbers(db, workspace)
+    if own:
+        return own
+    return [default_number] if default_number else []
+
+
+async def check_campaign_numbers(db: Database | Connection, numbers: list[str], *, workspace: str,
+                                 default_number: str | None) -> list[str]:
+    """Numbers given to `campaign create --number`: each configured for this workspace, or the
+    deployment's default number. A typo is refused here, not found at the first send."""
+    checked = []
+    for raw in numbers:
+        pid = check_phone_number_id(raw)
+        row = await db.fetchrow("SELECT workspace FROM sender_numbers WHERE phone_number_id = $1", pid)
+        if row is None and pid != default_number:
+            raise NotFoundError(f"--number {pid} is not configured: `broadcaster numbers add {pid} "
+                                f"--workspace {workspace}` first (or set WHATSAPP_PHONE_NUMBER_ID to it)")
+        if row is not None and row["workspace"] != workspace:
+            raise UsageError(f"--number {pid} belongs to workspace '{row['workspace']}', the campaign's "
+                             f"segment to '{workspace}': each workspace sends from its own numbers")
+        checked.append(pid)
+    return checked
+
+
 async def add_number(db: Database, phone_number_id: str, *, workspace: str, mps: int = 80,
                      tier: int | None = None, portfolio: str = "default") -> SenderNumber:
+    """Register a sender number for an existing workspace."""
+    phone_number_id = check_phone_number_id(phone_number_id)
     check_mps(mps)
     portfolio = check_portfolio(portfolio)
-    await db.execute("INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT DO NOTHING", workspace)
+    workspace = await check_workspace(db, workspace)
     try:
         await db.execute(
             "INSERT INTO sender_numbers (phone_number_id, workspace, mps, tier, portfolio)"

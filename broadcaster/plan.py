@@ -32,10 +32,10 @@ from typing import Any
 import trio
 
 from broadcaster.campaign_run import DEFAULT_MPS
-from broadcaster.campaigns import Campaign, PreflightFailed, compile_for, freeze_audience, get_campaign
+from broadcaster.campaigns import FINAL_STATES, Campaign, PreflightFailed, compile_for, freeze_audience, get_campaign
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError
-from broadcaster.numbers import sending_rate, tier_usage
+from broadcaster.numbers import sender_pool, sending_rate, tier_usage
 from broadcaster.schedule import workspace_timezone
 
 __all__ = ["Estimate", "SendPlan", "estimate", "send_plan"]
@@ -177,18 +177,23 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
     problems: list[str] = []
     warnings: list[str] = []
     compiled = category = None
+    finished = campaign.state in FINAL_STATES  # nothing left to send: no pre-flight to pass
     try:
-        compiled, category = await compile_for(db, campaign)
-        warnings.extend(compiled.warnings)
+        if not finished:
+            compiled, category = await compile_for(db, campaign)
+            warnings.extend(compiled.warnings)
     except PreflightFailed as exc:
         problems.extend(exc.problems)
     except DatabaseError:
         raise
     except BroadcasterError as exc:  # template missing, …
         problems.append(str(exc))
-    number = campaign.phone_number_id or default_number
-    if number is None:
-        problems.append("no sender number: set WHATSAPP_PHONE_NUMBER_ID or create the campaign with --number")
+    pool = await sender_pool(db, workspace=campaign.workspace, phone_number_id=campaign.phone_number_id,
+                             number_pool=campaign.number_pool, default_number=default_number)
+    number = pool[0] if pool else None
+    if number is None and not finished:
+        problems.append(f"no sender number: `broadcaster numbers add PHONE_NUMBER_ID --workspace "
+                        f"{campaign.workspace}`, set WHATSAPP_PHONE_NUMBER_ID, or create the campaign with --number")
 
     mps, tier = float(DEFAULT_MPS), None
     if number is not None:

@@ -13,14 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from broadcaster import campaigns as camp
+from broadcaster import numbers as nums
 from broadcaster import schedule as sched
 from broadcaster.campaign_run import CampaignRunner, RunOptions
 from broadcaster.commands.common import console, database, err_console, maybe_start_metrics, run, settings
 from broadcaster.dispatch import DispatchConfig
-from broadcaster.errors import UsageError
+from broadcaster.errors import ConfigError, UsageError
 from broadcaster.health import describe_pause
 from broadcaster.ledger import LedgerStore
 from broadcaster.report import campaign_report
+from broadcaster.segment_store import get_segment
 
 app = typer.Typer(help="Campaigns: create, launch, pause/resume/cancel, status, report.",
                   no_args_is_help=True)
@@ -34,7 +36,8 @@ def create_cmd(
     var: list[str] = typer.Option([], "--var", help="KEY=VALUE: 1=contact.name, header.link=https://…, "
                                                     "button.0=contact.external_id, or a constant"),
     language: str | None = typer.Option(None, "--language", help="default template language (else en)"),
-    number: list[str] = typer.Option([], "--number", help="sender phone_number_id (else the default); "
+    number: list[str] = typer.Option([], "--number", help="sender phone_number_id (else the workspace's numbers, "
+                                     "else WHATSAPP_PHONE_NUMBER_ID); "
                                      "repeat for a pool: the next number takes over when one's daily tier is used up"),
     unknown_policy: str = typer.Option("resend", "--unknown-policy",
                                        help="rows still unknown after the grace period: resend|fail"),
@@ -55,10 +58,15 @@ def create_cmd(
             request = None
             if at is not None or every is not None or tz is not None:  # checked before anything is written
                 request = await sched.prepare_request(db, segment=segment, at=at, every=every, tz=tz)
+            numbers = number
+            if numbers:  # each configured for the segment's workspace (or the default): no typo survives
+                workspace = (await get_segment(db, segment)).workspace
+                numbers = await nums.check_campaign_numbers(
+                    db, numbers, workspace=workspace, default_number=settings().whatsapp_phone_number_id)
             c = await camp.create_campaign(
                 db, name, segment=segment, template=template, variables=variables,
-                default_language=language, phone_number_id=number[0] if number else None,
-                number_pool=number if len(number) > 1 else None, unknown_policy=unknown_policy,
+                default_language=language, phone_number_id=numbers[0] if numbers else None,
+                number_pool=numbers if len(numbers) > 1 else None, unknown_policy=unknown_policy,
                 unknown_grace_s=unknown_grace)
             if request is not None:
                 await sched.schedule_campaign(db, c.name, request)
@@ -79,8 +87,12 @@ def create_cmd(
 async def _send_in_foreground(name: str, options: RunOptions, *, quiet: bool) -> None:
     async with database(max_size=8) as db:
         existing = await camp.get_campaign(db, name)
-        if existing.phone_number_id is None:
-            settings().require("whatsapp_phone_number_id")  # checked before anything is written
+        pool = await nums.sender_pool(db, workspace=existing.workspace, phone_number_id=existing.phone_number_id,
+                                      number_pool=existing.number_pool,
+                                      default_number=settings().whatsapp_phone_number_id)
+        if not pool:  # checked before anything is written
+            raise ConfigError(f"no sender number for workspace '{existing.workspace}': `broadcaster numbers add "
+                              f"PHONE_NUMBER_ID --workspace {existing.workspace}`, or set WHATSAPP_PHONE_NUMBER_ID")
         result = await camp.launch(db, name)
         c = result.campaign
         if not result.started_now:

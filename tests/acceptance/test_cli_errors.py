@@ -79,3 +79,54 @@ def test_launch_without_sender_number_names_the_variable_and_freezes_nothing(mig
     assert "WHATSAPP_PHONE_NUMBER_ID" in r.stderr
     status = cli("campaign", "status", f"c_{uniq}")
     assert "draft" in status.stdout, status.stdout
+
+
+def _workspace(tmp_path: Path, name: str) -> None:
+    """A workspace exists once contacts were imported into it."""
+    csv = tmp_path / f"{name}.csv"
+    csv.write_text("phone,name,genre,language\n9800000004,Asha,comedy,hi\n", encoding="utf-8")
+    r = cli("contacts", "import", str(csv), "--workspace", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_numbers_add_refuses_an_unknown_workspace_and_what_is_not_a_phone_number_id(
+        migrated: str, uniq: str, tmp_path: Path) -> None:
+    ws = f"w_{uniq}"
+    _workspace(tmp_path, ws)
+    r = cli("numbers", "add", "123456789012345", "--workspace", f"{ws}x")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"error: workspace '{ws}x' does not exist (did you mean '{ws}'?)"), r.stderr
+    for bad, message in (("", "error: PHONE_NUMBER_ID is empty"),
+                         ("   ", "error: PHONE_NUMBER_ID is empty"),
+                         ("+91 98765 43210", "error: PHONE_NUMBER_ID '+91 98765 43210' is not a phone_number_id "
+                                             "(5-25 digits) — that looks like the phone number itself")):
+        r = cli("numbers", "add", bad, "--workspace", ws)
+        assert r.returncode == 2, (bad, r.stdout + r.stderr)
+        assert " ".join(r.stderr.split()).startswith(message), r.stderr
+    listed = cli("numbers", "list").stdout
+    assert ws not in listed and f"{ws}x" not in listed, "nothing was stored"
+    workspaces = cli("segments", "create", f"s_{uniq}", "--workspace", f"{ws}x")
+    assert workspaces.returncode == 1, "no workspace was created by the refused number"
+
+
+def test_campaign_numbers_must_be_configured_for_the_campaigns_workspace(
+        migrated: str, uniq: str, tmp_path: Path) -> None:
+    ws, other = f"w_{uniq}", f"o_{uniq}"
+    _workspace(tmp_path, ws)
+    _workspace(tmp_path, other)
+    assert cli("templates", "import", str(ROOT / "examples" / "message_templates.json")).returncode == 0
+    assert cli("segments", "create", f"s_{uniq}", "--workspace", ws).returncode == 0
+    assert cli("numbers", "add", f"55{int(uniq[1:], 16) % 10**10:010d}", "--workspace", other).returncode == 0
+    base = ("campaign", "create", f"c_{uniq}", "--segment", f"s_{uniq}", "--template", "creator_tips_update",
+            "--var", "first_name=contact.first_name", "--var", "tip_link=https://creators.example.in/h")
+    r = cli(*base, "--number", "5550001234567")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("error: --number 5550001234567 is not configured: `broadcaster numbers add "
+                               f"5550001234567 --workspace {ws}` first"), r.stderr
+    r = cli(*base, "--number", f"55{int(uniq[1:], 16) % 10**10:010d}")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"belongs to workspace '{other}', the campaign's segment to '{ws}'" in r.stderr
+    assert f"c_{uniq}" not in cli("campaign", "list").stdout
+    # the deployment's default number needs no registration
+    r = cli(*base, "--number", "106540352242922", env={"WHATSAPP_PHONE_NUMBER_ID": "106540352242922"})
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import trio
 
@@ -12,6 +13,7 @@ from broadcaster.db import Database, open_db
 from broadcaster.dispatch import DispatchConfig
 from broadcaster.ledger import LedgerStore
 from broadcaster.numbers import add_number, tier_usage
+from broadcaster.plan import send_plan
 from tests.integration.factories import campaign_for, run_campaign, settings_for
 
 
@@ -123,6 +125,7 @@ async def test_numbers_set_mps_keeps_a_quality_lowered_rate(db: Database, uniq: 
     from broadcaster.numbers import get_number, set_number
 
     number = new_number()
+    await db.execute("INSERT INTO workspaces (name) VALUES ($1)", f"ws_{uniq}")
     await add_number(db, number, workspace=f"ws_{uniq}", mps=80)
     assert (await set_number(db, number, mps=200)).mps == 200
     # WhatsApp rated it RED: the ceiling is kept aside and the rate halved (health.py)
@@ -132,3 +135,24 @@ async def test_numbers_set_mps_keeps_a_quality_lowered_rate(db: Database, uniq: 
     assert changed.mps == 150
     assert await db.fetchval("SELECT mps_ceiling FROM sender_numbers WHERE phone_number_id = $1", number) == 300
     assert (await get_number(db, number)).quality == "RED"
+
+
+async def test_a_campaign_without_a_number_sends_from_its_workspaces_own_numbers(
+        db: Database, db_url: str, sandbox, uniq: str, phone_factory) -> None:
+    """Each workspace sends from its own numbers: with two registered (the first on a used-up tier)
+    and no WHATSAPP_PHONE_NUMBER_ID, a campaign without --number uses them as a pool in the order
+    they were added; the plan names the first."""
+    first, second = new_number(), new_number()
+    phones = [phone_factory() for _ in range(60)]
+    campaign = await campaign_for(db, uniq, phones)
+    await add_number(db, first, workspace=f"ws_{uniq}", mps=1000, tier=40, portfolio=f"pf_{uniq}_a")
+    await add_number(db, second, workspace=f"ws_{uniq}", mps=1000, portfolio=f"pf_{uniq}_b")
+    plan = await send_plan(db, campaign.name, default_number=None, now=datetime.now(UTC))
+    assert plan.preflight_ok and plan.number == first and plan.tier == 40, plan.problems
+    await run_campaign(db, settings_for(db_url, sandbox, whatsapp_phone_number_id=None), campaign)
+
+    by_number = {r["phone_number_id"]: r["n"] for r in await db.fetch(
+        "SELECT phone_number_id, count(*)::int AS n FROM ledger WHERE campaign_id = $1 AND state = 'accepted'"
+        " GROUP BY 1", campaign.id)}
+    assert by_number == {first: 40, second: 20}, (first, second)
+    assert (await camp.get_campaign(db, campaign.name)).state == "completed"
