@@ -663,8 +663,10 @@ def compile_campaign(
             problems.append(f"template '{name}' in {len(langs)} languages ({', '.join(langs)}) {problem}")
 
     if checked:
+        optional = {s.label for t in checked for s in t.slots if not s.required}
         takes = sorted({s.label for t in checked for s in t.slots}, key=_label_order)
-        takes = [_TAKES.get(label, label.removeprefix("body.")) for label in takes]
+        takes = [_TAKES.get(label, label.removeprefix("body.")) + (" (optional)" if label in optional else "")
+                 for label in takes]
         langs = ", ".join(t.language for t in checked)
         for target, b in bindings.items():
             if target not in used:

@@ -74,7 +74,9 @@ def print_plan(plan: SendPlan, *, out: Console = console, now: datetime | None =
         for lang, n in plan.by_language.items():
             table.add_row(f"{plan.template} / {lang}", f"{n:,}", f"{n / plan.to_send:.0%}" if plan.to_send else "")
         out.print(table)
-    if plan.preflight_ok:
+    if plan.state in ("completed", "cancelled"):
+        out.print(f"pre-flight: not needed ({plan.state})")
+    elif plan.preflight_ok:
         out.print("pre-flight: [green]ok[/]" + "".join(f"\n  warning: {w}" for w in plan.warnings))
     else:
         out.print("pre-flight: [red]FAILED[/]" + "".join(f"\n  - {p}" for p in plan.problems))
@@ -107,7 +109,8 @@ async def confirm_plan(db: Database, name: str, *, yes: bool) -> bool:
 
 @app.command("plan")
 def plan_cmd(name: str, as_json: bool = typer.Option(False, "--json", help="one JSON object")) -> None:
-    """What launching would do: audience after suppression and caps per language, pre-flight, ETA."""
+    """What launching would do: audience after suppression and caps per language, pre-flight, ETA.
+    Exits 1 when pre-flight failed (launch would refuse)."""
 
     async def main() -> None:
         async with database() as db:
@@ -117,6 +120,8 @@ def plan_cmd(name: str, as_json: bool = typer.Option(False, "--json", help="one 
             typer.echo(orjson.dumps(plan.to_dict()).decode())
         else:
             print_plan(plan)
+        if not plan.preflight_ok:
+            raise typer.Exit(1)  # launching would be refused: say so to scripts too
 
     run(main)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from broadcaster.commands.common import console, database, run
+from broadcaster.commands.common import console, database, err_console, run
 from broadcaster.contacts import ImportSummary, import_contacts, mark_opted_in, mark_opted_out
 from broadcaster.errors import InputError
 from segments.phones import InvalidPhone, mask_phone, normalize_phone
@@ -32,6 +32,13 @@ def import_cmd(
             summary = await import_contacts(db, path, workspace=workspace, default_region=default_region,
                                             rejects_path=rejects)
         _print_summary(summary)
+        if summary.read and summary.rejected_total == summary.read:
+            # nothing usable in the file: a script must notice (rows with rejections only partly is fine)
+            top = next(iter(summary.rejected))
+            hint = " (give --workspace)" if top == "missing_workspace" else ""
+            err_console.print(f"error: every row of {path} was rejected, most as {top}{hint}; nothing was "
+                              "imported", markup=False)
+            raise typer.Exit(1)
 
     run(main)
 
@@ -65,7 +72,7 @@ def _wa_id(number: str, region: str) -> str:
     try:
         return normalize_phone(number, region)
     except InvalidPhone as exc:
-        raise InputError(f"NUMBER: not a mobile number ({exc.detail})") from None
+        raise InputError(f"the NUMBER argument is not a mobile number: {exc.detail} ({exc.reason})") from None
 
 
 @app.command("opt-out")

@@ -119,5 +119,5 @@ async def _demo(contacts: Path, templates: Path, sandbox: object) -> None:
     console.print_json(orjson.dumps(report).decode())
     reached = report["audience"] - report["skipped"] - report["failed"] - report["unknown"] - report["pending"]
     console.print(f"[bold]done[/]: {reached} of {report['audience']} recipients accepted by the sandbox "
-                  f"({report['delivered']} delivered, {report['read']} read); "
+                  f"({report['delivered'] + report['read']} delivered, {report['read']} of them read); "
                   f"see `broadcaster campaign report {name}`")

@@ -56,7 +56,7 @@ def list_cmd() -> None:
         table = Table("name", "language", "category", "status", "format", "parameters")
         for t in items:
             table.add_row(t.name, t.language, t.category, t.status, t.parameter_format,
-                          ", ".join(s.label for s in t.slots))
+                          ", ".join(s.label if s.required else f"{s.label} (optional)" for s in t.slots))
         console.print(table)
 
     run(main)

@@ -44,4 +44,17 @@ def test_opt_out_then_opt_in(db_url: str, uniq: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["opt-in", "9800000004", "-w", f"cli_{uniq}"])
     assert (result.exit_code, result.output.strip()) == (0, "********0004: opted in")
     result = runner.invoke(app, ["opt-out", "12345", "-w", f"cli_{uniq}"])
-    assert result.exit_code == 1 and result.output.startswith("error: NUMBER: not a mobile number")
+    assert result.exit_code == 1 and result.output.startswith(
+        "error: the NUMBER argument is not a mobile number: not a valid number for country code +91 (too_short)")
+
+
+def test_a_file_whose_every_row_is_rejected_exits_1_and_says_why(db_url: str, tmp_path: Path, uniq: str) -> None:
+    path = tmp_path / "no_workspace.csv"
+    path.write_text("phone,name\n9800000004,Asha\n9800000005,Ravi\n", encoding="utf-8")
+    result = runner.invoke(app, ["import", str(path)])
+    assert result.exit_code == 1, result.output
+    assert (f"error: every row of {path} was rejected, most as missing_workspace (give --workspace); "
+            "nothing was imported") in " ".join(result.output.split())
+    # with some rows good, rejections are part of a normal import
+    path.write_text(f"phone,workspace\n9800000004,cli_{uniq}\n12345,cli_{uniq}\n", encoding="utf-8")
+    assert runner.invoke(app, ["import", str(path)]).exit_code == 0

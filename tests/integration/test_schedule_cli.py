@@ -118,8 +118,11 @@ def test_plan_text_and_json(db_url: str, uniq: str, phone_factory) -> None:
     assert "finishes at" in text
     data = orjson.loads(ok(campaign_app, "plan", name, "--json", env=number))
     assert (data["to_send"], data["by_language"], data["frozen"], data["preflight_ok"]) == (8, {"hi": 8}, False, True)
-    refused = one_line(ok(campaign_app, "plan", name))  # no sender number configured
-    assert "pre-flight: FAILED - no sender number: set WHATSAPP_PHONE_NUMBER_ID" in refused
+    result = runner.invoke(campaign_app, ["plan", name])  # no sender number configured
+    assert result.exit_code == 1, "a failed pre-flight is a failed plan, for scripts too"
+    refused = one_line(result.stdout)
+    assert (f"pre-flight: FAILED - no sender number: `broadcaster numbers add PHONE_NUMBER_ID --workspace "
+            f"ws_{uniq}`, set WHATSAPP_PHONE_NUMBER_ID") in refused
 
 
 def test_watch_once_shows_progress_and_top_errors(db_url: str, uniq: str, phone_factory) -> None:

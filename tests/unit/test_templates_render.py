@@ -188,7 +188,7 @@ def test_too_many_variables() -> None:
     variables = {**INVITE_VARS, "5": "contact.city"}
     assert _problems(REGISTRY["daily_campaign_invite"], variables, "hi") == [
         "variable `5` matches no placeholder in template 'daily_campaign_invite' (bn, en, gu, hi, kn, "
-        "ml, mr, pa, ta, te, ur): remove it; the template takes 1, 2, 3, 4, button.0, button.1"
+        "ml, mr, pa, ta, te, ur): remove it; the template takes 1, 2, 3, 4, button.0, button.1 (optional)"
     ]
 
 
