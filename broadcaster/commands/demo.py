@@ -101,8 +101,9 @@ async def _demo(contacts: Path, templates: Path, sandbox: object) -> None:
         size = await count_segment(db, DEMO_SEGMENT)
         console.print(f"[bold]5/8[/] segment {DEMO_SEGMENT} ({seg.describe()}): {size} contacts")
         name = "demo-" + datetime.now().strftime("%Y%m%d-%H%M%S")
+        # from the sandbox's own number, whatever numbers the workspace has registered
         await create_campaign(db, name, segment=DEMO_SEGMENT, template="daily_campaign_invite",
-                              variables=DEMO_VARS, default_language="hi")
+                              variables=DEMO_VARS, default_language="hi", phone_number_id=DEMO_NUMBER)
         console.print(f"[bold]6/8[/] campaign {name} with template daily_campaign_invite")
         port = await nursery.start(serve_inbound, db, cfg, "127.0.0.1", 0)
         hook = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"

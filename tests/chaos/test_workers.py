@@ -35,8 +35,8 @@ def make_campaign(db_url: str, uniq: str, n: int, number: str, mps: int, *, grac
 
     async def main() -> str:
         async with open_db(db_url, max_size=2) as db:
+            c = await campaign_for(db, uniq, phones)  # creates the workspace the number belongs to
             await add_number(db, number, workspace=f"ws_{uniq}", mps=mps)
-            c = await campaign_for(db, uniq, phones)
             await db.execute("UPDATE campaigns SET phone_number_id = $2, unknown_grace_s = $3 WHERE id = $1",
                              c.id, number, grace_s)
             return c.name
