@@ -119,6 +119,9 @@ async def _demo(contacts: Path, templates: Path, sandbox: object) -> None:
         nursery.cancel_scope.cancel()
     console.print_json(orjson.dumps(report).decode())
     reached = report["audience"] - report["skipped"] - report["failed"] - report["unknown"] - report["pending"]
+    skipped = ", ".join(f"{n} {reason}" for reason, n in report["skipped_by_reason"].items())
+    if "frequency_cap" in report["skipped_by_reason"]:
+        skipped += " — the marketing cap (2 per 24 h) of a re-run"
     console.print(f"[bold]done[/]: {reached} of {report['audience']} recipients accepted by the sandbox "
-                  f"({report['delivered'] + report['read']} delivered, {report['read']} of them read); "
-                  f"see `broadcaster campaign report {name}`")
+                  f"({report['delivered'] + report['read']} delivered, {report['read']} of them read"
+                  f"{f'; skipped {skipped}' if skipped else ''}); see `broadcaster campaign report {name}`")
