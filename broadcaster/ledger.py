@@ -92,7 +92,7 @@ def parse_callback_data(value: str | None) -> tuple[int, int] | None:
     if not value or value.count(":") != 1:
         return None
     left, right = value.split(":")
-    if not (left.isdigit() and right.isdigit()):
+    if not (left.isascii() and left.isdigit() and right.isascii() and right.isdigit()):
         return None
     return int(left), int(right)
 

@@ -15,7 +15,8 @@ Guarantees:
   raise: `broadcaster.inbox.handler.handle_messages(db, value)` for inbound messages and
   `broadcaster.health.handle_change(db, field, value)` for template/quality/account changes,
   each resolved on first use and skipped silently when its module does not exist. Changes no
-  hook took stay in `webhook_changes` (handled_at NULL).
+  hook took stay in `webhook_changes` (handled_at NULL); one whose hook failed HOOK_ATTEMPTS
+  times also gets a dead letter, so it shows in the dead-letter count.
 
 Cancellation: a pass cancelled mid-transaction is rolled back; its bodies stay unprocessed.
 """
@@ -26,6 +27,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import orjson
@@ -39,6 +41,7 @@ from broadcaster.inbound.envelope import (
     RECOGNISED_FIELDS,
     Change,
     DeadLetter,
+    Parsed,
     jsonable,
     parse_webhook,
 )
@@ -99,8 +102,16 @@ ORDER BY id LIMIT $3
 """
 CHANGES_HANDLED_SQL = "UPDATE webhook_changes SET handled_at = now() WHERE id = ANY($1::bigint[])"
 CHANGES_FAILED_SQL = """
-UPDATE webhook_changes c SET attempts = c.attempts + 1, last_error = f.error
-FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE c.id = f.id
+WITH failed AS (
+    UPDATE webhook_changes c SET attempts = c.attempts + 1, last_error = f.error
+    FROM unnest($1::bigint[], $2::text[]) AS f(id, error) WHERE c.id = f.id
+    RETURNING c.id, c.webhook_event_id, c.field, c.value, c.attempts, c.last_error
+)
+INSERT INTO webhook_dead_letters (webhook_event_id, field, location, reason, payload)
+SELECT webhook_event_id, field, 'webhook_changes ' || id,
+       'its hook failed ' || attempts || ' times, left unhandled: ' || last_error, value
+FROM failed WHERE attempts >= $3
+RETURNING id
 """
 
 T = TypeVar("T")
@@ -158,6 +169,17 @@ class Hooks:
         if self.change is not None:
             out.extend(sorted(RECOGNISED_FIELDS))
         return out
+
+
+def _parse_safely(body: bytes, event_id: int, received_at: datetime) -> Parsed:
+    """parse_webhook, with any failure it did not foresee turned into a dead letter for the body."""
+    try:
+        return parse_webhook(body, webhook_event_id=event_id, received_at=received_at)
+    except Exception as exc:
+        logger.exception("apply: body %d could not be parsed; dead-lettered, raw body kept", event_id)
+        parsed = Parsed()
+        parsed.dead.append(DeadLetter("body", f"body could not be parsed: {exc!r}"))
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +294,9 @@ class ApplyWorker:
                 return await _shielded(self._apply_batch, limit, claimed)
             except DatabaseUnavailable as exc:
                 logger.warning("apply: database unavailable, retrying in %.1f s: %s", delay, exc)
-            except DatabaseError as exc:
+            except Exception as exc:  # a database error, or a bug one body triggers: isolate it
+                if not isinstance(exc, DatabaseError):
+                    logger.exception("apply: batch of %d bodies failed", len(claimed))
                 failures += 1
                 if limit > 1:
                     logger.warning("apply: batch of %d bodies failed (%s); retrying smaller",
@@ -280,7 +304,8 @@ class ApplyWorker:
                     limit = max(1, limit // 8)
                     failures = 0
                 elif failures >= POISON_ATTEMPTS and claimed:
-                    await _shielded(self._poison, claimed[0], str(exc))
+                    error = str(exc) if isinstance(exc, DatabaseError) else f"{type(exc).__name__}: {exc}"
+                    await _shielded(self._poison, claimed[0], error)
                     return True
                 else:
                     logger.warning("apply: body %s failed (%s), attempt %d of %d",
@@ -300,8 +325,7 @@ class ApplyWorker:
                 return False
             claimed.extend(r["id"] for r in rows)
             for r in rows:
-                parsed = parse_webhook(bytes(r["body"]), webhook_event_id=r["id"],
-                                       received_at=r["received_at"])
+                parsed = _parse_safely(bytes(r["body"]), r["id"], r["received_at"])
                 statuses.extend(parsed.statuses)
                 dead.extend((r["id"], d) for d in parsed.dead)
                 changes.extend((r["id"], c) for c in parsed.changes)
@@ -352,6 +376,15 @@ class ApplyWorker:
             metrics.record_webhook("dead_letter")
         if dead:
             logger.warning("apply: %d dead letter(s) stored (see webhook_dead_letters)", dead)
+
+    def _dead_lettered_changes(self, rows: list[Any]) -> None:
+        if rows:
+            logger.error("apply hooks: %d change(s) failed %d times and were dead-lettered "
+                         "(see webhook_dead_letters; the change stays in webhook_changes)",
+                         len(rows), HOOK_ATTEMPTS)
+            self._counts["dead_letters"] += len(rows)
+            for _ in rows:
+                metrics.record_webhook("dead_letter")
 
     async def _poison(self, body_id: int, error: str) -> None:
         logger.error("apply: body %d failed %d times (%s); dead-lettered, raw body kept",
@@ -421,8 +454,9 @@ class ApplyWorker:
                 if done:
                     await self._db.execute(CHANGES_HANDLED_SQL, done)
                 if failed:
-                    await self._db.execute(CHANGES_FAILED_SQL, [i for i, _ in failed],
-                                           [e for _, e in failed])
+                    exhausted = await self._db.fetch(CHANGES_FAILED_SQL, [i for i, _ in failed],
+                                                     [e for _, e in failed], HOOK_ATTEMPTS)
+                    self._dead_lettered_changes(exhausted)
                 self._counts["hooks_ok"] += len(done)
                 self._counts["hook_errors"] += len(failed)
                 if len(rows) < HOOK_BATCH:

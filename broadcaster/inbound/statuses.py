@@ -140,7 +140,7 @@ def parse_status(item: object, *, webhook_event_id: int, received_at: datetime,
     if len(wamid) > MAX_WAMID or "\x00" in wamid:
         raise UnrecognisedStatus(f"status 'id' is not a wamid ({len(wamid)} characters)")
     status = item.get("status")
-    if status not in KNOWN_STATUSES:
+    if not isinstance(status, str) or status not in KNOWN_STATUSES:
         raise UnrecognisedStatus(f"status {status!r} of {wamid} is not one of {sorted(KNOWN_STATUSES)}")
     ts = parse_timestamp(item.get("timestamp"), received_at)
     callback = item.get("biz_opaque_callback_data")

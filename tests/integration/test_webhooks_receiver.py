@@ -359,3 +359,76 @@ async def test_rechecks_go_through_every_marked_event_in_rounds(db: Database, un
     got = await ledger_rows(db, seeded.campaign_id)
     assert {got[r.id]["state"] for r in seeded.rows} == {"sent"}
     assert await db.fetchval("SELECT count(*) FROM status_pending WHERE wamid = ANY($1::text[])", wamids) == 0
+
+
+async def test_authentic_bodies_of_unexpected_types_are_dead_letters_and_the_receiver_goes_on(
+        db: Database, uniq: str) -> None:
+    """Values of a type parse_webhook did not foresee (a list for `status`, a superscript digit in our
+    callback data) once killed the apply worker at every start; now each is a dead letter."""
+    seeded = await make_ledger(db, uniq, 3)
+    odd = [{**status(f"wamid.odd1.{uniq}", "sent", T0), "status": ["sent"]},
+           {**status(f"wamid.odd2.{uniq}", "sent", T0), "status": {"a": 1}}]
+    async with running_receiver(db) as rx:
+        for item in odd:
+            assert (await rx.post(envelope([change([item])]))).status_code == 200
+        cb = status(seeded.rows[0].wamid, "delivered", T0, callback="7:²")
+        assert (await rx.post(envelope([change([cb])]))).status_code == 200
+        assert (await rx.post(envelope([change([status(seeded.rows[1].wamid, "read", T0)])]))).status_code == 200
+        await rx.applied()
+        assert (await rx.post(envelope([change([status(seeded.rows[2].wamid, "read", T0)])]))).status_code == 200
+        await rx.applied()
+        assert rx.service.statistics().apply.poisoned == 0
+    got = await ledger_rows(db, seeded.campaign_id)
+    assert [got[r.id]["state"] for r in seeded.rows] == ["delivered", "read", "read"]
+    reasons = await db.fetch("SELECT location, reason FROM webhook_dead_letters WHERE payload->>'id' = ANY($1)"
+                             " ORDER BY id", [f"wamid.odd1.{uniq}", f"wamid.odd2.{uniq}"])
+    assert [r["location"] for r in reasons] == ["entry[0].changes[0].value.statuses[0]"] * 2
+    assert all("is not one of" in r["reason"] for r in reasons)
+
+
+async def test_a_bug_on_one_body_is_isolated_like_a_database_error(
+        db: Database, uniq: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from broadcaster.inbound import apply as apply_module
+
+    real = apply_module.apply_new_statuses
+
+    async def buggy(conn, events):  # noqa: ANN001, ANN202
+        if any(ev.wamid == f"wamid.bug.{uniq}" for ev in events):
+            raise TypeError("unhashable type: 'list'")
+        return await real(conn, events)
+
+    monkeypatch.setattr(apply_module, "apply_new_statuses", buggy)
+    monkeypatch.setattr(apply_module, "RETRY_BASE_S", 0.001)
+    seeded = await make_ledger(db, uniq, 1)
+    async with running_receiver(db) as rx:
+        await rx.post(envelope([change([status(f"wamid.bug.{uniq}", "sent", T0)])]))
+        await rx.post(envelope([change([status(seeded.rows[0].wamid, "read", T0)])]))
+        await rx.applied()
+        assert rx.service.statistics().apply.poisoned == 1
+    assert (await ledger_rows(db, seeded.campaign_id))[seeded.rows[0].id]["state"] == "read"
+    reason = await db.fetchval("SELECT reason FROM webhook_dead_letters WHERE location = 'body'"
+                               " ORDER BY id DESC LIMIT 1")
+    assert reason.startswith("processing failed 3 times: TypeError")
+
+
+async def test_a_change_whose_hook_keeps_failing_becomes_a_dead_letter(db: Database, uniq: str) -> None:
+    from broadcaster.inbound.apply import HOOK_ATTEMPTS
+
+    async def change_hook(db_: Database, field: str, value: dict[str, Any]) -> None:
+        if value.get("event") == f"BOOM{uniq}":
+            raise RuntimeError("index row size exceeds maximum")
+
+    async with running_receiver(db, hooks=Hooks(change=change_hook)) as rx:
+        await rx.post(envelope([{"field": "message_template_status_update", "value": {"event": f"BOOM{uniq}"}}]))
+        await rx.applied()
+        for i in range(HOOK_ATTEMPTS + 1):  # each new change starts a hook round that retries BOOM
+            await rx.post(envelope([{"field": "message_template_status_update", "value": {"event": f"ok{i}"}}]))
+            await rx.applied()
+        stats = rx.service.statistics().apply
+    row = await db.fetchrow("SELECT id, handled_at, attempts FROM webhook_changes WHERE value->>'event' = $1",
+                            f"BOOM{uniq}")
+    assert (row["handled_at"], row["attempts"]) == (None, HOOK_ATTEMPTS)
+    dead = await db.fetch("SELECT reason FROM webhook_dead_letters WHERE location = $1", f"webhook_changes {row['id']}")
+    assert len(dead) == 1
+    assert dead[0]["reason"].startswith(f"its hook failed {HOOK_ATTEMPTS} times, left unhandled: RuntimeError")
+    assert stats.dead_letters >= 1
