@@ -5,13 +5,15 @@
 payload; each message is handled in its own transaction that starts with an atomic insert keyed
 on the message id (`inbox_messages.wamid` UNIQUE):
 
-    resolve workspace (quoted broadcast → sender number → known contact → default)
+    resolve workspace (quoted broadcast → the known contact this number last sent to → one in
+        the number's workspace → any contact with the number → the number's workspace → default)
     → upsert the contact (unknown numbers: status 'unassigned', no marketing consent)
     → INSERT the message ON CONFLICT DO NOTHING   ── already there: roll back, nothing else happens
     → open/refresh the 24 h service window (max timestamp + 24 h)
     → open or join the contact's conversation (a resolved one is not reopened: a new one starts)
     → evaluate the rules (first match wins) and apply the decision:
-         opt_out / opt_in   consent updated, one confirmation queued
+         opt_out / opt_in   consent updated (an opt-out: the number in every workspace), one
+                            confirmation queued
          faq                handbook answer queued
          escalate           routed to a human + one Slack escalation queued per conversation
          route              routed to the team's queue / an agent
@@ -169,8 +171,17 @@ class Inbox:
     async def _workspace(self, conn: Connection, msg: InboundMessage) -> str:
         workspace = await conn.fetchval(
             """SELECT coalesce(
+                   (SELECT c.workspace FROM contacts c
+                      LEFT JOIN LATERAL (SELECT max(l.accepted_at) AS last FROM ledger l
+                                          WHERE l.contact_id = c.id AND l.accepted_at IS NOT NULL
+                                            AND l.phone_number_id = $1) m ON true
+                     WHERE c.wa_id = $2
+                     ORDER BY m.last DESC NULLS LAST,
+                              c.workspace IS NOT DISTINCT FROM
+                                  (SELECT workspace FROM sender_numbers WHERE phone_number_id = $1) DESC,
+                              c.updated_at DESC, c.id DESC
+                     LIMIT 1),
                    (SELECT workspace FROM sender_numbers WHERE phone_number_id = $1),
-                   (SELECT workspace FROM contacts WHERE wa_id = $2 ORDER BY updated_at DESC, id DESC LIMIT 1),
                    (SELECT name FROM workspaces WHERE name = $3),
                    (SELECT min(name) FROM workspaces HAVING count(*) = 1))""",
             msg.phone_number_id, msg.wa_id, self.config.default_workspace)
@@ -267,12 +278,15 @@ class Inbox:
                    contact: Any, workspace: str, conv: Any, link: Any, now: datetime) -> Outcome:
         conv_id = conv["id"]
         if decision.action in ("opt_out", "opt_in"):
-            # a reply-made consent change only moves forward in message time (webhooks are unordered)
+            # A reply-made consent change only moves forward in message time (webhooks are unordered).
+            # An opt-out covers the number in every workspace (the person stopped marketing from us,
+            # whichever list they are on); an opt-in only the contact that wrote.
             await conn.execute(
                 """UPDATE contacts SET marketing_opt_in = $2, consent_source = 'reply', consent_at = $3,
                           updated_at = now()
-                    WHERE id = $1 AND (consent_source <> 'reply' OR consent_at <= $3)""",
-                contact["id"], decision.action == "opt_in", msg.sent_at)
+                    WHERE (id = $1 OR ($2 = false AND wa_id = $4))
+                      AND (consent_source <> 'reply' OR consent_at <= $3)""",
+                contact["id"], decision.action == "opt_in", msg.sent_at, contact["wa_id"])
         reply_queued = False
         if decision.reply is not None:
             reply_queued = await conn.fetchval(

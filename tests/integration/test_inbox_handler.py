@@ -228,8 +228,9 @@ async def _broadcast(db: Database, env: Env, uniq: str, wa_id: str, contact_id: 
         f"camp_{uniq}", env.workspace, f"seg_{uniq}")
     wamid = f"wamid.out.{uniq}"
     ledger_id = await db.fetchval(
-        """INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, wamid)
-           VALUES ($1, $2, $3, 'hi', 'delivered', $4) RETURNING id""", campaign_id, contact_id, wa_id, wamid)
+        """INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, wamid, phone_number_id, accepted_at)
+           VALUES ($1, $2, $3, 'hi', 'delivered', $4, $5, $6) RETURNING id""",
+        campaign_id, contact_id, wa_id, wamid, env.number, T0 - timedelta(hours=1))
     return campaign_id, ledger_id, wamid
 
 
@@ -298,3 +299,36 @@ async def test_two_workspaces_keep_their_contacts_apart(db: Database, uniq: str,
                           " WHERE c.id = ANY($1::bigint[]) ORDER BY c.workspace",
                           [oa.conversation_id, ob.conversation_id])
     assert [tuple(r) for r in rows] == [(f"wsa_{uniq}", "hi"), (f"wsb_{uniq}", "en")]
+
+
+async def test_typed_stop_finds_the_contact_the_number_sent_to_and_opts_out_every_workspace(
+        db: Database, uniq: str, phone_factory) -> None:
+    """One business number shared by two workspaces (registered to one of them): a STOP typed
+    without quoting a broadcast reaches the contact that number last sent to, and no workspace
+    keeps marketing to that person."""
+    a = await make_env(db, uniq, workspace=f"wsa_{uniq}", number=f"pn{uniq}")
+    b_ws = f"wsb_{uniq}"
+    await db.execute("INSERT INTO workspaces (name) VALUES ($1)", b_ws)
+    b = Env(b_ws, a.number, a.inbox)
+    wa_id, other = phone_factory(), phone_factory()
+    in_b = await add_contact(db, b, wa_id, language="bho")
+    await _broadcast(db, b, uniq, wa_id, in_b)  # workspace B's campaign reached them from A's number
+    in_a = await add_contact(db, a, other, language="hi")
+    also_in_b = await add_contact(db, b, other, language="hi")
+
+    [out] = await a.inbox.handle_messages(db, value_for(a, wa_id, text("STOP")))
+    assert (out.action, out.workspace) == ("opt_out", b_ws)
+    assert await db.fetchval("SELECT count(*) FROM contacts WHERE wa_id = $1", wa_id) == 1  # none made up
+    assert (await contact_row(db, b, wa_id))["marketing_opt_in"] is False
+
+    [out] = await a.inbox.handle_messages(db, value_for(a, other, text("बंद करो")))
+    assert (out.action, out.workspace) == ("opt_out", a.workspace)  # never sent to: the number's own
+    consent = await db.fetch("SELECT id, marketing_opt_in FROM contacts WHERE id = ANY($1::bigint[]) ORDER BY id",
+                             [in_a, also_in_b])
+    assert [r["marketing_opt_in"] for r in consent] == [False, False]
+
+    [back] = await a.inbox.handle_messages(db, value_for(a, other, text("START"), at=T0 + timedelta(minutes=5)))
+    assert back.action == "opt_in"
+    consent = await db.fetch("SELECT id, marketing_opt_in FROM contacts WHERE id = ANY($1::bigint[]) ORDER BY id",
+                             [in_a, also_in_b])
+    assert [r["marketing_opt_in"] for r in consent] == [True, False]  # opt-in: only the contact that wrote

@@ -112,9 +112,19 @@ def test_start_opts_back_in(rules, text: str, language: str) -> None:
     assert decide(rules, text, language).action == "opt_in"
 
 
-def test_hindi_keywords_do_not_apply_to_a_tamil_contact_but_any_does(rules) -> None:
-    assert decide(rules, "रोकें", "ta").action == "route"  # रोकें is listed for hi only: a human reads it
-    assert decide(rules, "stop", "ta").action == "opt_out"  # `any`
+def test_keywords_of_one_language_do_not_apply_to_another_but_any_does() -> None:
+    scoped = parse_rules(
+        'version = 1\n[[rules]]\nid = "out"\nkind = "opt_out"\nkeywords.any = ["stop"]\n'
+        'keywords.hi = ["रोकें"]\nreply.en = "ok"\n', "r.toml")
+    assert decide(scoped, "रोकें", "hi").action == "opt_out"
+    assert decide(scoped, "रोकें", "ta").action == "route"  # listed for hi only: a human reads it
+    assert decide(scoped, "stop", "ta").action == "opt_out"  # `any`
+
+
+@pytest.mark.parametrize("language", ["bho", "mr", "raj", "hne", "ta", "en", "as"])
+@pytest.mark.parametrize("text", ["बंद करो", "रोकें", "band karo", "mat bhejo"])
+def test_example_consent_words_opt_out_whatever_language_is_on_file(rules, text: str, language: str) -> None:
+    assert decide(rules, text, language).action == "opt_out"
 
 
 def test_unknown_language_matches_every_language(rules) -> None:
