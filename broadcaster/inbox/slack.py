@@ -75,23 +75,33 @@ class SlackRejected(BroadcasterError):
     """Slack refused the post (4xx): retrying the same payload cannot succeed."""
 
 
+def slack_escape(text: str) -> str:
+    """Text shown as itself in Slack mrkdwn: `&`, `<` and `>` escaped (Slack's three control characters)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def escalation_message(*, conversation_id: int, workspace: str, team: str | None, contact_name: str | None,
                        wa_id: str, genre: str | None, language: str | None, text: str | None,
                        reason: str, campaign: str | None = None) -> dict[str, Any]:
     """The Slack incoming-webhook body for one escalation (text fallback + Block Kit).
 
     The phone number is masked (last 4 digits); the reply command names the conversation id.
+    Everything a creator wrote (name, text) and every value is escaped for Slack, so a message
+    cannot ping the channel (`<!channel>`) or disguise a link (`<https://…|text>`).
     """
-    who = f"{contact_name or 'Unknown creator'} ({mask_phone(wa_id)})"
+    who = f"{slack_escape(contact_name or 'Unknown creator')} ({mask_phone(wa_id)})"
     quoted = (text or "(no text)").strip()
     if len(quoted) > TEXT_PREVIEW_CHARS:
         quoted = quoted[:TEXT_PREVIEW_CHARS - 1] + "…"
+    quoted = slack_escape(quoted)
     reply = f'broadcaster inbox reply {conversation_id} "…"'
-    fields = [("Contact", who), ("Workspace", workspace), ("Team", team or "unrouted"),
-              ("Genre", genre or "unknown"), ("Language", language or "unknown"), ("Why", reason)]
+    team = slack_escape(team or "unrouted")
+    fields = [("Contact", who), ("Workspace", slack_escape(workspace)), ("Team", team),
+              ("Genre", slack_escape(genre or "unknown")), ("Language", slack_escape(language or "unknown")),
+              ("Why", slack_escape(reason))]
     if campaign:
-        fields.append(("Replying to campaign", campaign))
-    summary = f"Escalation: conversation {conversation_id} from {who}, team {team or 'unrouted'}"
+        fields.append(("Replying to campaign", slack_escape(campaign)))
+    summary = f"Escalation: conversation {conversation_id} from {who}, team {team}"
     return {
         "text": f"{summary}: {quoted}",
         "blocks": [

@@ -188,6 +188,19 @@ def test_escalation_message_shape() -> None:
     assert "*Replying to campaign:* diwali" in fields and "*Language:* hi" in fields
 
 
+def test_escalation_message_escapes_what_the_creator_wrote() -> None:
+    msg = escalation_message(conversation_id=8, workspace="originals", team="hi-music",
+                             contact_name="<!here> *Admin* & co", wa_id="919876543210", genre="music",
+                             language="hi", text="<!channel> please <https://evil.example/login|verify here>",
+                             reason="rule 2 (consent_complaint)")
+    shown = [msg["text"], *(f["text"] for f in msg["blocks"][1]["fields"]), msg["blocks"][2]["text"]["text"]]
+    for line in shown:
+        assert "<!" not in line and "<https" not in line, line
+    assert msg["blocks"][2]["text"]["text"] == (
+        "> &lt;!channel&gt; please &lt;https://evil.example/login|verify here&gt;")
+    assert "*Contact:* &lt;!here&gt; *Admin* &amp; co (********3210)" in shown
+
+
 def test_slack_config_checks_its_url() -> None:
     with pytest.raises(ValueError, match=r"^SLACK_WEBHOOK_URL must be an http\(s\) URL$"):
         SlackConfig("hooks.slack.com/services/x")
