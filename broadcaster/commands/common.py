@@ -15,6 +15,7 @@ from rich.console import Console
 from broadcaster.config import Settings
 from broadcaster.db import Database, open_db
 from broadcaster.errors import BroadcasterError
+from broadcaster.logs import configure_logging
 
 T = TypeVar("T")
 
@@ -60,11 +61,7 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 def setup_logging(verbose: bool) -> None:
     """Structured one-line logs on stderr; quiet (warnings only) unless --verbose."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(logging.DEBUG if verbose else logging.WARNING)
 
 
 def maybe_start_metrics() -> None:

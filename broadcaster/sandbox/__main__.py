@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from broadcaster.errors import ConfigError
+from broadcaster.logs import configure_logging
 from broadcaster.sandbox.app import sandbox_main
 from broadcaster.sandbox.config import SandboxConfig
 
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO if verbose else logging.WARNING)
     sandbox_main(config)
     return 0
 
