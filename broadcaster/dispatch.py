@@ -315,11 +315,7 @@ class Dispatcher:
         if slot is None:
             # the campaign stopped meanwhile: give the row back untouched
             return Outcome(row.id, "pending", campaign_id=row.campaign_id)
-        language = row.language
-        if language not in slot.compiled.languages:
-            # its variant stopped being sendable after the freeze (paused): use the fallback chain
-            language = slot.compiled.choose_language(row.contact.get("language"))
-        result = slot.compiled.render(row.contact, language)
+        result = slot.compiled.render_frozen(row.contact, row.language)
         if isinstance(result, Skip):
             return Outcome(row.id, "skipped", campaign_id=row.campaign_id, skip_reason=result.reason)
         body = build_message(row.wa_id, result.template, callback_data(row.campaign_id, row.id))

@@ -97,6 +97,22 @@ def parse_callback_data(value: str | None) -> tuple[int, int] | None:
     return int(left), int(right)
 
 
+def claimed_rows(rows: Sequence[Any]) -> list[ClaimedRow]:
+    """ClaimedRows from rows with the claim's columns (ledger row + the contact's fields)."""
+    claimed = []
+    for r in rows:
+        attrs = r["attributes"]
+        contact = {
+            "name": r["name"], "genre": r["genre"], "language": r["contact_language"],
+            "city": r["city"], "followers": r["followers"], "external_id": r["external_id"],
+            "wa_id": r["wa_id"],
+            "attributes": orjson.loads(attrs) if isinstance(attrs, str | bytes) else (attrs or {}),
+        }
+        claimed.append(ClaimedRow(r["id"], r["campaign_id"], r["wa_id"], r["language"],
+                                  r["attempts"], contact))
+    return claimed
+
+
 @dataclass(frozen=True, slots=True)
 class TierBudget:
     """A daily tier a claim must stay within: the sending number, its tier, and the deployment's
@@ -141,7 +157,7 @@ class LedgerStore:
         rest = (float(lease_s), owner, float(pair_spacing_s), list(send_map), list(send_map.values()))
         budgets = {cid: t for cid, t in (tiers or {}).items() if cid in campaign_ids}
         if not budgets:
-            return self._claimed(await self.db.fetch(QUERIES["claim_batch"], list(campaign_ids), limit, *rest))
+            return claimed_rows(await self.db.fetch(QUERIES["claim_batch"], list(campaign_ids), limit, *rest))
         async with self.db.transaction() as conn:
             await conn.fetchval(_LOCK_TIERS, sorted({t.number for t in budgets.values()}))
             left: dict[TierBudget, int] = {}
@@ -152,22 +168,7 @@ class LedgerStore:
             limit = min([limit, *(left[budgets[cid]] for cid in ids if cid in budgets)])
             if not ids or limit <= 0:
                 return []
-            return self._claimed(await conn.fetch(QUERIES["claim_batch"], ids, limit, *rest))
-
-    @staticmethod
-    def _claimed(rows: Sequence[Any]) -> list[ClaimedRow]:
-        claimed = []
-        for r in rows:
-            attrs = r["attributes"]
-            contact = {
-                "name": r["name"], "genre": r["genre"], "language": r["contact_language"],
-                "city": r["city"], "followers": r["followers"], "external_id": r["external_id"],
-                "wa_id": r["wa_id"],
-                "attributes": orjson.loads(attrs) if isinstance(attrs, str | bytes) else (attrs or {}),
-            }
-            claimed.append(ClaimedRow(r["id"], r["campaign_id"], r["wa_id"], r["language"],
-                                      r["attempts"], contact))
-        return claimed
+            return claimed_rows(await conn.fetch(QUERIES["claim_batch"], ids, limit, *rest))
 
     async def record_results(self, outcomes: Sequence[Outcome], *, owner: str,
                              pair_spacing_s: float = 0.0) -> int:

@@ -35,8 +35,10 @@ from broadcaster.campaign_run import DEFAULT_MPS
 from broadcaster.campaigns import FINAL_STATES, Campaign, PreflightFailed, compile_for, freeze_audience, get_campaign
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError
+from broadcaster.ledger import claimed_rows
 from broadcaster.numbers import sender_pool, sending_rate, tier_usage
 from broadcaster.schedule import workspace_timezone
+from templates.render import CompiledCampaign, Skip
 
 __all__ = ["Estimate", "SendPlan", "estimate", "send_plan"]
 
@@ -203,14 +205,18 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
     tiered = number if tier is not None else None  # new recipients matter only under a tier
 
     frozen = campaign.state not in NOT_LAUNCHED
+    render_skips: dict[tuple[str, str], int] = {}
     if frozen:
         rows = await db.fetch(_COUNTS, campaign.id)
         new = await _new_recipients(db, campaign.id, tiered)
+        if compiled is not None:
+            render_skips = await _render_skips(db, campaign.id, compiled)
     elif compiled is not None:
         async with _rolled_back(db) as conn:
             await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
             rows = await conn.fetch(_COUNTS, campaign.id)
             new = await _new_recipients(conn, campaign.id, tiered)
+            render_skips = await _render_skips(conn, campaign.id, compiled)
     else:  # pre-flight failed: no language choice possible; count the segment by contact language
         rows, new = await _segment_counts(db, campaign), None
 
@@ -228,6 +234,12 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
             by_language[r["language"]] = by_language.get(r["language"], 0) + n
         else:
             settled[r["state"]] = settled.get(r["state"], 0) + n
+    for (language, reason), n in render_skips.items():  # pending now, skipped when rendered
+        by_language[language] -= n
+        skipped[reason] = skipped.get(reason, 0) + n
+    by_language = {k: v for k, v in by_language.items() if v > 0}
+    if new is not None and render_skips:
+        new = max(0, new - sum(render_skips.values()))
     to_send = sum(by_language.values())
     by_language = dict(sorted(by_language.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -249,6 +261,35 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
         audience=audience, skipped=skipped, to_send=to_send, by_language=by_language,
         preflight_ok=not problems, problems=problems, warnings=warnings, number=number, mps=mps, tier=tier,
         tier_reached=reached, tier_remaining=remaining, new_recipients=new_recipients, eta=eta, settled=settled)
+
+
+_PENDING_CONTACTS = """
+SELECT l.id, l.campaign_id, l.wa_id, l.language, l.attempts, c.name, c.genre, c.language AS contact_language,
+       c.city, c.followers, c.external_id, c.attributes
+FROM ledger l JOIN contacts c ON c.id = l.contact_id
+WHERE l.campaign_id = $1 AND l.state = 'pending' AND l.id > $2
+ORDER BY l.id LIMIT $3
+"""
+RENDER_PAGE = 5_000
+
+
+async def _render_skips(db: Database | Connection, campaign_id: int,
+                        compiled: CompiledCampaign) -> dict[tuple[str, str], int]:
+    """(frozen language, reason) → pending rows the sender will skip when it renders them (an
+    empty variable, a body over its limit): rendered here exactly as the sender would."""
+    skips: dict[tuple[str, str], int] = {}
+    after = 0
+    while True:
+        page = await db.fetch(_PENDING_CONTACTS, campaign_id, after, RENDER_PAGE)
+        for row in claimed_rows(page):
+            result = compiled.render_frozen(row.contact, row.language)
+            if isinstance(result, Skip):
+                key = (row.language, result.reason)
+                skips[key] = skips.get(key, 0) + 1
+        if len(page) < RENDER_PAGE:
+            return skips
+        after = page[-1]["id"]
+        await trio.lowlevel.checkpoint()
 
 
 async def _new_recipients(db: Database | Connection, campaign_id: int, number: str | None) -> int | None:

@@ -507,6 +507,13 @@ class CompiledCampaign:
             code = nxt
         return self.default_language
 
+    def render_frozen(self, contact: Mapping[str, Any], frozen_language: str) -> Rendered | Skip:
+        """Render a recipient whose variant was chosen when the audience was frozen; if that
+        variant stopped being sendable since (paused), the contact's fallback chain decides."""
+        if frozen_language not in self.languages:
+            frozen_language = self.choose_language(contact.get("language"))
+        return self.render(contact, frozen_language)
+
     def render(self, contact: Mapping[str, Any], language: str) -> Rendered | Skip:
         """Fill the `language` variant for one contact.
 

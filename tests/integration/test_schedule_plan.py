@@ -52,6 +52,32 @@ async def test_dry_run_matches_what_launch_freezes_and_writes_nothing(db: Databa
         plan.audience, plan.skipped, plan.by_language, plan.to_send)
 
 
+async def test_plan_counts_the_recipients_the_sender_will_skip_when_rendering(
+        db: Database, db_url: str, uniq: str, phone_factory, sandbox: object) -> None:
+    """A contact with no name cannot fill {{1}} = contact.name: the run skips it (empty_value:body.1),
+    so the plan must not count it as one to send, before the launch and after it."""
+    campaign = await campaign_for(db, uniq, [phone_factory() for _ in range(7)])
+    await db.execute("UPDATE contacts SET name = CASE WHEN id % 2 = 0 THEN NULL ELSE '   ' END WHERE id IN"
+                     " (SELECT id FROM contacts WHERE workspace = $1 ORDER BY id LIMIT 3)", f"ws_{uniq}")
+    plan = await send_plan(db, campaign.name, default_number=NUMBER, now=_now())
+    assert plan.skipped == {"empty_value:body.1": 3}
+    assert (plan.to_send, plan.by_language, plan.new_recipients) == (4, {"hi": 4}, 4)
+
+    await launch(db, campaign.name)
+    frozen = await send_plan(db, campaign.name, default_number=NUMBER, now=_now())
+    assert (frozen.skipped, frozen.to_send) == (plan.skipped, plan.to_send)
+
+    runner = CampaignRunner(db, settings_for(db_url, sandbox), RunOptions(
+        dispatch=DispatchConfig(lanes=4), mps_override=5000, only_campaign=campaign.id))
+    with trio.fail_after(60):
+        await runner.run()
+    rows = await db.fetch("SELECT state, skip_reason, count(*) AS n FROM ledger WHERE campaign_id = $1"
+                          " GROUP BY 1, 2", campaign.id)
+    got = {(r["state"], r["skip_reason"]): r["n"] for r in rows}
+    assert got[("skipped", "empty_value:body.1")] == 3
+    assert sum(n for (state, _), n in got.items() if state != "skipped") == plan.to_send
+
+
 async def test_eta_uses_the_numbers_rate(db: Database, uniq: str, phone_factory) -> None:
     number = f"99{random.randint(10**11, 10**12 - 1)}"
     campaign = await campaign_for(db, uniq, [phone_factory() for _ in range(300)])
