@@ -84,6 +84,10 @@ def create_cmd(
     run(main)
 
 
+OPERATOR_PAUSES = frozenset({"manual", "interrupted"})  # pauses a person asked for
+EXIT_PAUSED_BY_ENGINE = 3  # launch/resume in the foreground ended with the campaign paused by the engine
+
+
 async def _send_in_foreground(name: str, options: RunOptions, *, quiet: bool) -> None:
     async with database(max_size=8) as db:
         existing = await camp.get_campaign(db, name)
@@ -93,6 +97,7 @@ async def _send_in_foreground(name: str, options: RunOptions, *, quiet: bool) ->
         if not pool:  # checked before anything is written
             raise ConfigError(f"no sender number for workspace '{existing.workspace}': `broadcaster numbers add "
                               f"PHONE_NUMBER_ID --workspace {existing.workspace}`, or set WHATSAPP_PHONE_NUMBER_ID")
+        settings().require("whatsapp_token")
         result = await camp.launch(db, name)
         c = result.campaign
         if not result.started_now:
@@ -129,6 +134,9 @@ async def _drive(db: camp.Database, campaign_id: int, options: RunOptions, *, qu
     console.print(f"campaign '{c.name}' is {state}: accepted by WhatsApp {reached}, failed "
                   f"{counts['failed']}, skipped {counts['skipped']}, unknown {counts['unknown']}, "
                   f"pending {counts['pending']}")
+    if c.state == "paused" and c.pause_reason not in OPERATOR_PAUSES:
+        # the engine stopped it (circuit breaker, tier, health guard, …): scripts must see that
+        raise typer.Exit(EXIT_PAUSED_BY_ENGINE)
 
 
 async def _stop_on_signal(runner: CampaignRunner, scope: trio.CancelScope) -> None:
@@ -192,6 +200,8 @@ def resume_cmd(name: str, detach: bool = typer.Option(False, "--detach"),
     """paused → running (pre-flight again); continues with exactly the unsettled recipients."""
 
     async def main() -> None:
+        if not detach:
+            settings().require("whatsapp_token")
         async with database(max_size=8) as db:
             c = await camp.resume(db, name, force=force)
             console.print(f"campaign '{name}' is running again")
@@ -315,6 +325,7 @@ def worker_cmd(lanes: int = typer.Option(32, "--lanes", help="concurrent sender 
     """Long-running: send for every running campaign. Run any number of them, on any hosts."""
 
     async def main() -> None:
+        settings().require("whatsapp_token")
         async with database(max_size=8) as db:
             runner = CampaignRunner(db, settings(), RunOptions(
                 dispatch=DispatchConfig(lanes=lanes, batch_size=batch_size, lease_s=lease,
