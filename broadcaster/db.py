@@ -38,6 +38,9 @@ def _translate(exc: BaseException, sql: str | None = None) -> DatabaseError:
     where = f" while running: {sql.strip().splitlines()[0][:80]}" if sql else ""
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(f"duplicate key: {exc.detail or exc}{where}")
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+        return DatabaseError(f"database error: {exc}{where} — is this database migrated? "
+                             "Run `broadcaster db migrate`")
     if isinstance(exc, OSError | ConnectionError | asyncpg.CannotConnectNowError):
         return DatabaseUnavailable(f"database unreachable: {exc}{where}")
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.ConnectionDoesNotExistError | asyncpg.InternalClientError
@@ -207,6 +210,11 @@ async def open_db(dsn: str | None = None, *, min_size: int = 1, max_size: int = 
                 dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout,
                 statement_cache_size=256, server_settings=server_settings,
             )
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to Postgres at {redact_dsn(dsn)}: {exc}. "
+                "`broadcaster db migrate` creates it (or fix DATABASE_URL)"
+            ) from exc
         except _TRANSLATE as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to Postgres at {redact_dsn(dsn)}: {exc}. "

@@ -130,3 +130,25 @@ def test_campaign_numbers_must_be_configured_for_the_campaigns_workspace(
     # the deployment's default number needs no registration
     r = cli(*base, "--number", "106540352242922", env={"WHATSAPP_PHONE_NUMBER_ID": "106540352242922"})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_an_unmigrated_or_missing_database_says_to_migrate(db_url: str, uniq: str) -> None:
+    import trio
+
+    from broadcaster.db import open_db
+
+    base = db_url.rsplit("/", 1)[0]
+    empty = f"empty_{uniq}"
+
+    async def admin(sql: str) -> None:
+        async with open_db(f"{base}/postgres", max_size=1) as db:
+            await db.execute(sql)
+
+    trio.run(admin, f'CREATE DATABASE "{empty}"')
+    try:
+        for dbname in (empty, f"missing_{uniq}"):
+            r = cli("campaign", "list", env={"DATABASE_URL": f"{base}/{dbname}"})
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "broadcaster db migrate" in r.stderr, r.stderr
+    finally:
+        trio.run(admin, f'DROP DATABASE "{empty}" WITH (FORCE)')
