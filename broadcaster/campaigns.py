@@ -177,6 +177,16 @@ async def create_campaign(db: Database, name: str, *, segment: str, template: st
     return _campaign(row)
 
 
+NON_MARKETING_CATEGORIES = frozenset({"UTILITY", "AUTHENTICATION"})
+
+
+def is_marketing(category: str | None) -> bool:
+    """Whether marketing suppression (opt-outs, the frequency cap) applies to a template of this
+    category: every category but UTILITY and AUTHENTICATION, so a missing or unexpected one never
+    reaches an opted-out contact."""
+    return (category or "").strip().upper() not in NON_MARKETING_CATEGORIES
+
+
 def skip_reason_sql(marketing_param: int, cap_param: int) -> str:
     """Why contact `c` is skipped before any send (NULL: sendable) — one rule for every freeze.
 
@@ -248,7 +258,7 @@ async def launch(db: Database, name: str) -> LaunchResult:
             " WHERE id = $1 AND state IN ('draft', 'scheduled') RETURNING id", campaign.id)
         if moved is None:
             return LaunchResult(await get_campaign(conn, name), False, 0)
-        frozen = await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
+        frozen = await freeze_audience(conn, campaign, compiled, marketing=is_marketing(category))
         if frozen >= ANALYZE_AFTER_ROWS:
             await _refresh_ledger_statistics(conn)
     metrics.record_campaign_state("running")

@@ -32,7 +32,15 @@ from typing import Any
 import trio
 
 from broadcaster.campaign_run import DEFAULT_MPS
-from broadcaster.campaigns import FINAL_STATES, Campaign, PreflightFailed, compile_for, freeze_audience, get_campaign
+from broadcaster.campaigns import (
+    FINAL_STATES,
+    Campaign,
+    PreflightFailed,
+    compile_for,
+    freeze_audience,
+    get_campaign,
+    is_marketing,
+)
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError
 from broadcaster.ledger import claimed_rows
@@ -213,7 +221,7 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
             render_skips = await _render_skips(db, campaign.id, compiled)
     elif compiled is not None:
         async with _rolled_back(db) as conn:
-            await freeze_audience(conn, campaign, compiled, marketing=category == "MARKETING")
+            await freeze_audience(conn, campaign, compiled, marketing=is_marketing(category))
             rows = await conn.fetch(_COUNTS, campaign.id)
             new = await _new_recipients(conn, campaign.id, tiered)
             render_skips = await _render_skips(conn, campaign.id, compiled)

@@ -43,6 +43,7 @@ from broadcaster.campaigns import (
     create_campaign,
     get_campaign,
     get_campaign_by_id,
+    is_marketing,
     launch,
     skip_reason_sql,
 )
@@ -520,7 +521,7 @@ async def create_retry(db: Database, name: str, codes: list[int], *, new_name: s
             WHERE l.campaign_id = $2 AND l.state = 'failed' AND l.error_code = ANY($3::int[])
             ON CONFLICT (campaign_id, wa_id) DO NOTHING
             """,
-            follow.id, source.id, codes, category == "MARKETING", cap)
+            follow.id, source.id, codes, is_marketing(category), cap)
     counts = {(r["state"], r["skip_reason"]): r["n"] for r in await db.fetch(
         "SELECT state, skip_reason, count(*)::bigint AS n FROM ledger WHERE campaign_id = $1 GROUP BY 1, 2",
         follow.id)}

@@ -78,6 +78,26 @@ async def test_plan_counts_the_recipients_the_sender_will_skip_when_rendering(
     assert sum(n for (state, _), n in got.items() if state != "skipped") == plan.to_send
 
 
+async def test_a_template_of_an_unexpected_category_is_suppressed_like_marketing(
+        db: Database, uniq: str, phone_factory, tmp_path) -> None:
+    import json
+
+    docs = json.loads((EXAMPLES / "message_templates.json").read_text(encoding="utf-8"))["data"]
+    doc = next(d for d in docs if d["name"] == "daily_campaign_invite" and d["language"] == "hi")
+    doc = {**doc, "name": f"promo_{uniq}", "category": "SPAM", "id": f"9{uniq[1:]}"}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"data": [doc]}), encoding="utf-8")
+    await import_templates(db, path)
+    ws = f"ws_{uniq}"
+    await add_contacts(db, ws, [phone_factory() for _ in range(3)])
+    await add_contacts(db, ws, [phone_factory() for _ in range(2)], opted_in=False)
+    await create_segment(db, f"seg_{uniq}", SegmentFilter(workspace=ws))
+    campaign = await create_campaign(db, f"camp_{uniq}", segment=f"seg_{uniq}", template=f"promo_{uniq}",
+                                     variables=INVITE_VARS, default_language="hi")
+    plan = await send_plan(db, campaign.name, default_number=NUMBER, now=_now())
+    assert (plan.skipped, plan.to_send) == ({"opted_out": 2}, 3)
+
+
 async def test_eta_uses_the_numbers_rate(db: Database, uniq: str, phone_factory) -> None:
     number = f"99{random.randint(10**11, 10**12 - 1)}"
     campaign = await campaign_for(db, uniq, [phone_factory() for _ in range(300)])
