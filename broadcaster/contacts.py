@@ -138,7 +138,7 @@ WITH ins AS (
                           last_active_at, tags, attributes, marketing_opt_in, consent_source, consent_at)
     SELECT m.workspace, m.wa_id, m.external_id, m.name, m.language, m.genre, m.city, m.followers,
            m.last_active_at, COALESCE(m.tags, '{{}}'), COALESCE(m.attributes, '{{}}'),
-           COALESCE(m.opted_in, true), 'import', now()
+           COALESCE(m.opted_in, false), 'import', now()
     FROM contact_merge m
     WHERE m.contact_id IS NULL
     {conflict}
@@ -161,6 +161,7 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     collapsed: int = 0                                          # duplicate rows folded into another
+    without_consent: int = 0  # new contacts with no opted_in value: stored as not opted in to marketing
     rejected: dict[str, int] = field(default_factory=dict)      # reason → rows
     unknown_languages: dict[str, int] = field(default_factory=dict)  # kept as written, reported
     unknown_genres: dict[str, int] = field(default_factory=dict)
@@ -418,6 +419,8 @@ async def _merge(conn: Connection, summary: ImportSummary, staged: int, filename
     distinct = await conn.fetchval("SELECT count(*) FROM contact_merge")
     summary.collapsed = staged - distinct
     summary.updated = await conn.fetchval(_UPDATE, filename)
+    summary.without_consent = await conn.fetchval(
+        "SELECT count(*) FROM contact_merge WHERE contact_id IS NULL AND opted_in IS NULL")
     summary.inserted = await _insert_new(conn, filename)
     summary.unchanged = distinct - summary.updated - summary.inserted
 

@@ -59,6 +59,9 @@ def _print_summary(s: ImportSummary) -> None:
             shown = ", ".join(f"{k or '(blank)'} {n}" for k, n in list(counts.items())[:10])
             more = f", … {len(counts) - 10} more" if len(counts) > 10 else ""
             console.print(f"{label}: {shown}{more}", markup=False, soft_wrap=True)
+    if s.without_consent:
+        console.print(f"new contacts without an opted_in value: {s.without_consent} (not opted in to marketing; "
+                      "UTILITY templates still reach them)", markup=False, soft_wrap=True)
     if s.new_workspaces:
         console.print(f"new workspaces: {', '.join(s.new_workspaces)}", markup=False, soft_wrap=True)
     for line in s.examples:

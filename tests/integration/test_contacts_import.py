@@ -209,12 +209,12 @@ async def test_jsonl_import(db: Database, uniq: str, tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
     summary = await import_contacts(db, path)
-    assert summary.inserted == 2
+    assert (summary.inserted, summary.without_consent) == (2, 1)
     rows = await db.fetch("SELECT wa_id, tags, attributes, marketing_opt_in, followers FROM contacts"
                           " WHERE workspace = $1 ORDER BY wa_id", ws)
     assert [(r["wa_id"], r["tags"], json.loads(r["attributes"]), r["marketing_opt_in"], r["followers"])
             for r in rows] == [("919800000004", ["vip"], {"plan": {"tier": 2}}, False, None),
-                               ("919800000005", [], {}, True, 1500)]
+                               ("919800000005", [], {}, False, 1500)]  # no opted_in: consent not assumed
 
 
 @pytest.mark.parametrize(("tail", "message"), [
