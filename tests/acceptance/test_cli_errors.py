@@ -152,3 +152,16 @@ def test_an_unmigrated_or_missing_database_says_to_migrate(db_url: str, uniq: st
             assert "broadcaster db migrate" in r.stderr, r.stderr
     finally:
         trio.run(admin, f'DROP DATABASE "{empty}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("name", ["", "  spaced name ", "x" * 121, ".dot-first", "semi;colon"])
+def test_a_campaign_name_that_scripts_cannot_use_is_refused(migrated: str, name: str) -> None:
+    r = cli("campaign", "create", name, "--segment", "s", "--template", "t")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "is not allowed: use 1-120 letters, digits" in r.stderr
+
+
+def test_a_negative_unknown_grace_is_refused(migrated: str, uniq: str) -> None:
+    r = cli("campaign", "create", f"c_{uniq}", "--segment", "s", "--template", "t", "--unknown-grace", "-5")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--unknown-grace must be 0 to 604800 seconds" in r.stderr
