@@ -59,13 +59,12 @@ def read_template_file(path: str | Path) -> list[Template]:
     except OSError as exc:
         raise InputError(f"cannot read templates file {p}: {exc.strerror}") from exc
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"{p.name}: not valid JSON: {exc}") from exc
-    try:
-        return parse_message_templates(doc, source=p.name)
+        templates = parse_message_templates(raw, source=p.name)  # decodes once: a JSON string stays one
     except TemplateFormatError as exc:
         raise InputError(str(exc)) from exc
+    if not templates:
+        raise InputError(f"{p.name}: no templates in the file (an empty 'data' list): nothing imported")
+    return templates
 
 
 async def import_templates(db: Database, path: str | Path) -> TemplateImportSummary:

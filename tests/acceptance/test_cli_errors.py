@@ -165,3 +165,17 @@ def test_a_negative_unknown_grace_is_refused(migrated: str, uniq: str) -> None:
     r = cli("campaign", "create", f"c_{uniq}", "--segment", "s", "--template", "t", "--unknown-grace", "-5")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--unknown-grace must be 0 to 604800 seconds" in r.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[]", "no templates in the file"),
+    ('{"data": []}', "no templates in the file"),
+    ('"hello"', "expected an object with 'data' or a list, got a string"),
+])
+def test_a_templates_file_with_nothing_to_import_exits_1(migrated: str, tmp_path: Path, content: str,
+                                                          message: str) -> None:
+    path = tmp_path / "t.json"
+    path.write_text(content, encoding="utf-8")
+    r = cli("templates", "import", str(path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert message in r.stderr and "t.json" in r.stderr
