@@ -32,7 +32,11 @@ def import_cmd(
             summary = await import_contacts(db, path, workspace=workspace, default_region=default_region,
                                             rejects_path=rejects)
         _print_summary(summary)
-        if summary.read and summary.rejected_total == summary.read:
+        if not summary.read:
+            err_console.print(f"error: {path} has no contact rows (a header alone, or blank lines): nothing "
+                              "was imported", markup=False)
+            raise typer.Exit(1)
+        if summary.rejected_total == summary.read:
             # nothing usable in the file: a script must notice (rows with rejections only partly is fine)
             top = next(iter(summary.rejected))
             hint = " (give --workspace)" if top == "missing_workspace" else ""

@@ -58,3 +58,11 @@ def test_a_file_whose_every_row_is_rejected_exits_1_and_says_why(db_url: str, tm
     # with some rows good, rejections are part of a normal import
     path.write_text(f"phone,workspace\n9800000004,cli_{uniq}\n12345,cli_{uniq}\n", encoding="utf-8")
     assert runner.invoke(app, ["import", str(path)]).exit_code == 0
+
+
+def test_a_file_with_a_header_and_no_rows_exits_1(db_url: str, tmp_path: Path, uniq: str) -> None:
+    path = tmp_path / "header_only.csv"
+    path.write_text("phone,name,workspace\n\n", encoding="utf-8")
+    result = runner.invoke(app, ["import", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"error: {path} has no contact rows" in " ".join(result.output.split())
