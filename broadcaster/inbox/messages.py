@@ -9,10 +9,13 @@ contact replied to (a broadcast's wamid links the reply to its campaign).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from broadcaster.inbound.statuses import MAX_WAMID
 
 __all__ = ["MEDIA_TYPES", "InboundMessage", "MalformedMessage", "parse_message"]
 
@@ -39,6 +42,9 @@ class InboundMessage:
     phone_number_id: str | None = None
 
 
+_WA_ID = re.compile(r"[1-9][0-9]{6,17}")  # E.164 digits without '+': country code + number
+
+
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -60,6 +66,8 @@ def parse_message(message: Mapping[str, Any], contacts: list[Any], metadata: Map
     wamid = _str(message.get("id"))
     if wamid is None:
         raise MalformedMessage("inbound message without an id: cannot be deduplicated")
+    if len(wamid) > MAX_WAMID or not wamid.isprintable():
+        raise MalformedMessage(f"inbound message id is not a wamid ({len(wamid)} characters)")
     contact: Mapping[str, Any] = {}
     sender = _str(message.get("from"))
     for item in contacts if isinstance(contacts, list) else []:
@@ -70,6 +78,8 @@ def parse_message(message: Mapping[str, Any], contacts: list[Any], metadata: Map
     if wa_id is None:
         raise MalformedMessage(f"inbound message {wamid}: no `from` and no contact wa_id "
                                "(a username-only user); it is not routed")
+    if not _WA_ID.fullmatch(wa_id):
+        raise MalformedMessage(f"inbound message {wamid}: sender {wa_id[:24]!r} is not a WhatsApp number")
     profile = contact.get("profile")
     kind = _str(message.get("type")) or "unknown"
     body = payload = None

@@ -65,11 +65,22 @@ def test_bad_timestamp_falls_back_to_now_and_missing_id_is_refused() -> None:
         parse_message({"id": "wamid.B", "type": "text"}, [{"profile": {"name": "x"}}], META, NOW)
 
 
+@pytest.mark.parametrize(("message", "reason"), [
+    ({"id": "wamid." + "x" * 9000, "from": "919876543210"}, r"^inbound message id is not a wamid \(9006 characters\)"),
+    ({"id": "wamid.F\n2026 ERROR forged", "from": "919876543210"}, r"^inbound message id is not a wamid"),
+    ({"id": "wamid.N", "from": "not-a-number"}, r"^inbound message wamid\.N: sender 'not-a-number' is not a WhatsApp"),
+    ({"id": "wamid.L", "from": "9" * 300}, r"^inbound message wamid\.L: sender '9{24}' is not a WhatsApp number"),
+])
+def test_an_id_or_sender_that_cannot_be_one_is_refused(message: dict, reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=reason):
+        parse_message({**message, "type": "text", "text": {"body": "STOP"}}, [], META, NOW)
+
+
 @given(st.dictionaries(st.text(max_size=8), st.one_of(st.none(), st.integers(), st.text(max_size=8),
                                                       st.dictionaries(st.text(max_size=4), st.text(max_size=4)))))
 def test_parser_never_crashes_on_junk(junk: dict) -> None:
     try:
-        parse_message({**junk, "id": "wamid.J", "from": "9199"}, [junk], junk, NOW)
+        parse_message({**junk, "id": "wamid.J", "from": "919876543210"}, [junk], junk, NOW)
     except MalformedMessage:  # pragma: no cover - id and from are always present here
         raise AssertionError("a message with id and from must parse") from None
 
