@@ -176,6 +176,8 @@ def watch_cmd(name: str, once: bool = typer.Option(False, "--once", help="print 
                 console.print(render_snapshot(await live_snapshot(db, c.id)))
                 return
             last = await watch_live(db, c.id, refresh_s=max(0.2, interval))
+        if not console.is_terminal:  # a piped live view may end mid-line
+            console.line()
         console.print(f"campaign '{name}' is {last.state}" + (f" ({last.pause_reason})" if last.pause_reason else ""))
 
     run(main)

@@ -91,7 +91,8 @@ async def _demo(contacts: Path, templates: Path, sandbox: object) -> None:
         summary = await import_contacts(db, contacts, workspace=None)
         console.print(f"[bold]3/8[/] contacts imported from {contacts.name}: {summary.describe()}")
         ts = await import_templates(db, templates)
-        console.print(f"[bold]4/8[/] templates imported: {ts.read} ({ts.by_status})")
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(ts.by_status.items()))
+        console.print(f"[bold]4/8[/] templates imported: {ts.read} ({statuses})")
         seg = SegmentFilter(workspace=DEMO_WORKSPACE, genres=("entertainment", "comedy", "music"),
                             languages=("hi", "ta", "te", "bn", "en"), opted_in=True)
         try:
