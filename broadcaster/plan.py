@@ -40,6 +40,7 @@ from broadcaster.campaigns import (
     freeze_audience,
     get_campaign,
     is_marketing,
+    skip_reason_sql,
 )
 from broadcaster.db import Connection, Database
 from broadcaster.errors import BroadcasterError, DatabaseError
@@ -226,7 +227,8 @@ async def send_plan(db: Database, name: str, *, default_number: str | None, now:
             new = await _new_recipients(conn, campaign.id, tiered)
             render_skips = await _render_skips(conn, campaign.id, compiled)
     else:  # pre-flight failed: no language choice possible; count the segment by contact language
-        rows, new = await _segment_counts(db, campaign), None
+        rows, category = await _segment_counts(db, campaign)
+        new = None
 
     skipped: dict[str, int] = {}
     by_language: dict[str, int] = {}
@@ -307,16 +309,27 @@ async def _new_recipients(db: Database | Connection, campaign_id: int, number: s
     return int(await db.fetchval(_NEW_RECIPIENTS, campaign_id, number))
 
 
-async def _segment_counts(db: Database, campaign: Campaign) -> list[dict[str, Any]]:
-    """Segment members by contact language, all `pending` (used only when pre-flight failed)."""
+async def _segment_counts(db: Database, campaign: Campaign) -> tuple[list[dict[str, Any]], str | None]:
+    """Segment members by contact language and skip reason (used only when pre-flight failed, so
+    no variant can be chosen), and the template's category when the template exists."""
     from broadcaster.segment_store import get_segment
+    from broadcaster.template_store import load_variants
     from segments.filters import compile_filter
 
     try:
         seg = await get_segment(db, campaign.segment)
     except BroadcasterError:
-        return []
-    where, params = compile_filter(seg, first_param=1, alias="c")
-    rows = await db.fetch(f"SELECT COALESCE(c.language, '?') AS language, count(DISTINCT c.wa_id)::bigint AS n"
-                          f" FROM contacts c WHERE {where} GROUP BY 1", *params)
-    return [{"language": r["language"], "state": "pending", "skip_reason": None, "n": r["n"]} for r in rows]
+        return [], None
+    category = None
+    with contextlib.suppress(BroadcasterError):
+        variants = await load_variants(db, campaign.template_name)
+        default = variants.get(campaign.default_language) or next(iter(variants.values()))
+        category = default.category
+    cap = await db.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", campaign.workspace)
+    where, params = compile_filter(seg, first_param=3, alias="c")
+    rows = await db.fetch(
+        f"SELECT COALESCE(c.language, '?') AS language, s.reason, count(DISTINCT c.wa_id)::bigint AS n"
+        f" FROM contacts c CROSS JOIN LATERAL (SELECT {skip_reason_sql(1, 2)} AS reason) s"
+        f" WHERE {where} GROUP BY 1, 2", is_marketing(category), cap, *params)
+    return [{"language": r["language"], "state": "skipped" if r["reason"] else "pending",
+             "skip_reason": r["reason"], "n": r["n"]} for r in rows], category

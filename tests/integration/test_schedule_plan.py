@@ -149,6 +149,15 @@ async def test_preflight_problems_are_listed_not_raised(db: Database, uniq: str,
     assert plan.to_send == 7 and plan.by_language == {"hi": 7}
 
 
+async def test_a_failed_preflight_still_counts_suppression(db: Database, uniq: str, phone_factory) -> None:
+    campaign = await campaign_for(db, uniq, [phone_factory() for _ in range(7)])
+    await add_contacts(db, f"ws_{uniq}", [phone_factory() for _ in range(2)], opted_in=False)
+    await db.execute("UPDATE campaigns SET variables = '{}' WHERE id = $1", campaign.id)
+    plan = await send_plan(db, campaign.name, default_number=NUMBER, now=_now())
+    assert not plan.preflight_ok and plan.category == "MARKETING"
+    assert (plan.audience, plan.skipped, plan.to_send) == (9, {"opted_out": 2}, 7)
+
+
 @pytest.fixture
 def sandbox_80(template_docs: list[dict]) -> Iterator[object]:
     """A sandbox enforcing WhatsApp's default 80 messages/s per number (the session one is unlimited)."""
