@@ -28,3 +28,22 @@ def migrate_cmd() -> None:
             console.print("schema is up to date")
 
     run(main)
+
+
+@app.command("prune")
+def prune_cmd(older_than: str = typer.Option("30d", "--older-than",
+                                             help="age of what is deleted: 30d, 72h, 2w (at least 7 days)")) -> None:
+    """Delete processed webhook bodies, handled changes, dead letters and the status-event log older
+    than --older-than (the ledger, inbox and consent history stay). Safe to run from cron daily."""
+    from broadcaster.retention import parse_age, prune
+
+    age = parse_age(older_than)
+
+    async def main() -> None:
+        async with database() as db:
+            result = await prune(db, age)
+        for label, n in result.deleted.items():
+            console.print(f"{label}: {n:,} deleted")
+        console.print(f"older than {older_than}: {result.total:,} rows deleted")
+
+    run(main)
