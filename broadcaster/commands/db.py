@@ -37,9 +37,8 @@ def prune_cmd(older_than: str = typer.Option("30d", "--older-than",
     than --older-than (the ledger, inbox and consent history stay). Safe to run from cron daily."""
     from broadcaster.retention import parse_age, prune
 
-    age = parse_age(older_than)
-
     async def main() -> None:
+        age = parse_age(older_than)
         async with database() as db:
             result = await prune(db, age)
         for label, n in result.deleted.items():

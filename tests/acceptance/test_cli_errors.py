@@ -179,3 +179,11 @@ def test_a_templates_file_with_nothing_to_import_exits_1(migrated: str, tmp_path
     r = cli("templates", "import", str(path))
     assert r.returncode == 1, r.stdout + r.stderr
     assert message in r.stderr and "t.json" in r.stderr
+
+
+@pytest.mark.parametrize(("age", "message"), [("30x", "expected a number of hours, days or weeks"),
+                                              ("3d", "must be at least 7 days")])
+def test_db_prune_refuses_a_bad_or_too_short_age(migrated: str, age: str, message: str) -> None:
+    r = cli("db", "prune", "--older-than", age)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error: --older-than") and message in r.stderr and "Traceback" not in r.stderr
