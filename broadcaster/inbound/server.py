@@ -157,7 +157,7 @@ class InboundService:
         if challenge is None:
             self._counts["verify_failed"] += 1
             metrics.record_webhook("verify_failed")
-            return _error(403, "verification failed: hub.mode or hub.verify_token is wrong")
+            return _error(403, "verification failed: hub.mode, hub.verify_token or hub.challenge is wrong or missing")
         self._counts["verified"] += 1
         metrics.record_webhook("verified")
         return Response(200, challenge.encode(), {"content-type": "text/plain"})
