@@ -12,7 +12,8 @@ What stays: the ledger, the inbox (messages, conversations, replies), consent ev
 A change no hook handled yet and a body not yet processed are never deleted, whatever their age.
 
 Guarantees: never deletes anything younger than MIN_RETENTION (Meta redelivers for up to 7 days);
-each table is pruned in batches of BATCH rows, one short transaction per batch, so a prune on a
+each table is pruned in batches of BATCH rows (found through the time-column BRIN indexes of
+migration 0017), one short transaction per batch, so a prune on a
 busy database never holds long locks; running it twice at once only makes the second find less.
 """
 
@@ -29,7 +30,8 @@ from broadcaster.errors import UsageError
 __all__ = ["MIN_RETENTION", "PruneResult", "parse_age", "prune"]
 
 MIN_RETENTION = timedelta(days=7)
-BATCH = 10_000
+MAX_RETENTION = timedelta(days=3650)
+BATCH = 5_000
 
 # (label, statement deleting up to $2 rows older than $1). Order matters: changes and dead letters
 # go before the bodies they refer to.
@@ -77,9 +79,12 @@ def parse_age(text: str) -> timedelta:
     """
     units = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
     value, unit = text.strip()[:-1], text.strip()[-1:].lower()
-    if unit not in units or not value.isdigit():
+    if unit not in units or not value.isascii() or not value.isdigit():
         raise UsageError(f"--older-than {text!r}: expected a number of hours, days or weeks, like 30d, 72h or 2w")
-    return int(value) * units[unit]
+    age = int(value) * units[unit] if len(value) <= 6 else None
+    if age is None or age > MAX_RETENTION:
+        raise UsageError(f"--older-than {text!r}: at most {MAX_RETENTION.days} days")
+    return age
 
 
 async def prune(db: Database, older_than: timedelta, *, batch: int = BATCH) -> PruneResult:

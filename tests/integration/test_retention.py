@@ -60,7 +60,13 @@ def test_parse_age(text: str, age: timedelta) -> None:
     assert parse_age(text) == age
 
 
-@pytest.mark.parametrize("text", ["", "30", "d", "-3d", "1.5d", "30 days"])
+@pytest.mark.parametrize("text", ["", "30", "d", "-3d", "1.5d", "30 days", "३०d"])
 def test_parse_age_refuses_what_is_not_an_age(text: str) -> None:
     with pytest.raises(UsageError, match="expected a number of hours, days or weeks"):
+        parse_age(text)
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "3651d", "9999999w"])
+def test_parse_age_refuses_an_age_beyond_ten_years(text: str) -> None:
+    with pytest.raises(UsageError, match="at most 3650 days"):
         parse_age(text)
