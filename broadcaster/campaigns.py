@@ -148,24 +148,34 @@ async def compile_for(db: Database | Connection, campaign: Campaign) -> tuple[Co
     return compiled, variants[campaign.default_language].category
 
 
-# Names users type (cron lines, scripts); 120 leaves room for derived names (-YYYYMMDD-HHMM, -retry-N).
-CAMPAIGN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}")
+# Names people type (cron lines, scripts); 100 leaves room for derived ones (-YYYYMMDD-HHMM, -retry-N).
+CAMPAIGN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 MAX_UNKNOWN_GRACE_S = 7 * 86_400
+
+
+def check_new_campaign(name: str, *, unknown_grace_s: int) -> None:
+    """A name and settings a person gives `campaign create`.
+
+    Raises:
+        UsageError: the name is not 1-100 letters, digits, '_', '-' or '.', or the grace is not 0 s to 7 days.
+    """
+    if not CAMPAIGN_NAME.fullmatch(name or ""):
+        raise UsageError(f"campaign name {name[:80]!r} is not allowed: use 1-100 letters, digits, '_', '-' or "
+                         "'.', starting with a letter or digit")
+    if not 0 <= unknown_grace_s <= MAX_UNKNOWN_GRACE_S:
+        raise UsageError(f"--unknown-grace must be 0 to {MAX_UNKNOWN_GRACE_S} seconds (7 days), "
+                         f"got {unknown_grace_s}")
 
 
 async def create_campaign(db: Database, name: str, *, segment: str, template: str,
                           variables: dict[str, str], default_language: str | None = None,
                           phone_number_id: str | None = None, unknown_policy: str = "resend",
                           unknown_grace_s: int = 900, number_pool: list[str] | None = None) -> Campaign:
-    """Create a draft campaign after checking its name, segment, template and variables (pre-flight)."""
-    if not CAMPAIGN_NAME.fullmatch(name or ""):
-        raise UsageError(f"campaign name {name[:80]!r} is not allowed: use 1-120 letters, digits, '_', '-' or "
-                         "'.', starting with a letter or digit")
+    """Create a draft campaign after checking its segment, template and variables (pre-flight).
+    Names and settings a person typed are checked first by `check_new_campaign`; derived ones
+    (a schedule's runs, retries) are built from an existing campaign's."""
     if unknown_policy not in ("resend", "fail"):
         raise UsageError(f"--unknown-policy must be resend or fail, got {unknown_policy!r}")
-    if not 0 <= unknown_grace_s <= MAX_UNKNOWN_GRACE_S:
-        raise UsageError(f"--unknown-grace must be 0 to {MAX_UNKNOWN_GRACE_S} seconds (7 days), "
-                         f"got {unknown_grace_s}")
     seg = await get_segment(db, segment)
     variants = await load_variants(db, template)
     language = default_language or ("en" if "en" in variants else sorted(variants)[0])

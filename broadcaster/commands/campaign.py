@@ -53,6 +53,7 @@ def create_cmd(
     (`broadcaster scheduler tick|run` launches it)."""
 
     async def main() -> None:
+        camp.check_new_campaign(name, unknown_grace_s=unknown_grace)
         variables = camp.parse_var_options(var)
         async with database() as db:
             request = None

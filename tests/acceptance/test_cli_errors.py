@@ -154,11 +154,11 @@ def test_an_unmigrated_or_missing_database_says_to_migrate(db_url: str, uniq: st
         trio.run(admin, f'DROP DATABASE "{empty}" WITH (FORCE)')
 
 
-@pytest.mark.parametrize("name", ["", "  spaced name ", "x" * 121, ".dot-first", "semi;colon"])
+@pytest.mark.parametrize("name", ["", "  spaced name ", "x" * 101, ".dot-first", "semi;colon"])
 def test_a_campaign_name_that_scripts_cannot_use_is_refused(migrated: str, name: str) -> None:
     r = cli("campaign", "create", name, "--segment", "s", "--template", "t")
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "is not allowed: use 1-120 letters, digits" in r.stderr
+    assert "is not allowed: use 1-100 letters, digits" in r.stderr
 
 
 def test_a_negative_unknown_grace_is_refused(migrated: str, uniq: str) -> None:
