@@ -15,8 +15,9 @@ Import guarantees:
   counts as `unchanged` and is not written.
 - Consent: an import may opt a contact out. It opts a contact (back) in only when the stored consent
   came from an import too: a STOP reply, error 131050 or an agent's opt-out is never undone by a
-  spreadsheet. A new contact whose row leaves `opted_in` empty is opted in (the list is taken to be
-  an opt-in list). Every consent change is written to `consent_events` with its source.
+  spreadsheet. A new contact whose row leaves `opted_in` empty is not opted in: consent is never
+  assumed (the summary counts them as `without_consent`). Every consent change is written to
+  `consent_events` with its source.
 - Imports are serialised by an advisory lock; concurrent consent changes (`mark_opted_out`) are
   safe: the merge decides on the latest row version.
 

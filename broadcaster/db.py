@@ -38,7 +38,7 @@ def _translate(exc: BaseException, sql: str | None = None) -> DatabaseError:
     where = f" while running: {sql.strip().splitlines()[0][:80]}" if sql else ""
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(f"duplicate key: {exc.detail or exc}{where}")
-    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+    if isinstance(exc, asyncpg.UndefinedTableError):
         return DatabaseError(f"database error: {exc}{where} — is this database migrated? "
                              "Run `broadcaster db migrate`")
     if isinstance(exc, OSError | ConnectionError | asyncpg.CannotConnectNowError):

@@ -5,8 +5,8 @@
 payload; each message is handled in its own transaction that starts with an atomic insert keyed
 on the message id (`inbox_messages.wamid` UNIQUE):
 
-    resolve workspace (quoted broadcast → the known contact this number last sent to → one in
-        the number's workspace → any contact with the number → the number's workspace → default)
+    resolve workspace (quoted broadcast → the contact this number last sent to → the number's
+        workspace → a known contact with that number → default)
     → upsert the contact (unknown numbers: status 'unassigned', no marketing consent)
     → INSERT the message ON CONFLICT DO NOTHING   ── already there: roll back, nothing else happens
     → open/refresh the 24 h service window (max timestamp + 24 h)
@@ -172,16 +172,14 @@ class Inbox:
         workspace = await conn.fetchval(
             """SELECT coalesce(
                    (SELECT c.workspace FROM contacts c
-                      LEFT JOIN LATERAL (SELECT max(l.accepted_at) AS last FROM ledger l
-                                          WHERE l.contact_id = c.id AND l.accepted_at IS NOT NULL
-                                            AND l.phone_number_id = $1) m ON true
+                      JOIN LATERAL (SELECT max(l.accepted_at) AS last FROM ledger l
+                                     WHERE l.contact_id = c.id AND l.accepted_at IS NOT NULL
+                                       AND l.phone_number_id = $1) m ON m.last IS NOT NULL
                      WHERE c.wa_id = $2
-                     ORDER BY m.last DESC NULLS LAST,
-                              c.workspace IS NOT DISTINCT FROM
-                                  (SELECT workspace FROM sender_numbers WHERE phone_number_id = $1) DESC,
-                              c.updated_at DESC, c.id DESC
+                     ORDER BY m.last DESC, c.id DESC
                      LIMIT 1),
                    (SELECT workspace FROM sender_numbers WHERE phone_number_id = $1),
+                   (SELECT workspace FROM contacts WHERE wa_id = $2 ORDER BY updated_at DESC, id DESC LIMIT 1),
                    (SELECT name FROM workspaces WHERE name = $3),
                    (SELECT min(name) FROM workspaces HAVING count(*) = 1))""",
             msg.phone_number_id, msg.wa_id, self.config.default_workspace)
@@ -282,11 +280,16 @@ class Inbox:
             # An opt-out covers the number in every workspace (the person stopped marketing from us,
             # whichever list they are on); an opt-in only the contact that wrote.
             await conn.execute(
-                """UPDATE contacts SET marketing_opt_in = $2, consent_source = 'reply', consent_at = $3,
-                          updated_at = now()
-                    WHERE (id = $1 OR ($2 = false AND wa_id = $4))
-                      AND (consent_source <> 'reply' OR consent_at <= $3)""",
-                contact["id"], decision.action == "opt_in", msg.sent_at, contact["wa_id"])
+                """WITH changed AS (
+                       UPDATE contacts SET marketing_opt_in = $2, consent_source = 'reply', consent_at = $3,
+                              updated_at = now()
+                        WHERE (id = $1 OR ($2 = false AND wa_id = $4))
+                          AND (consent_source <> 'reply' OR consent_at <= $3)
+                       RETURNING workspace, wa_id)
+                   INSERT INTO consent_events (workspace, wa_id, opted_in, source, detail, at)
+                   SELECT workspace, wa_id, $2, 'reply', $5, $3 FROM changed""",
+                contact["id"], decision.action == "opt_in", msg.sent_at, contact["wa_id"],
+                f"{decision.rule_id} ({msg.wamid[:200]})")
         reply_queued = False
         if decision.reply is not None:
             reply_queued = await conn.fetchval(

@@ -332,3 +332,21 @@ async def test_typed_stop_finds_the_contact_the_number_sent_to_and_opts_out_ever
     consent = await db.fetch("SELECT id, marketing_opt_in FROM contacts WHERE id = ANY($1::bigint[]) ORDER BY id",
                              [in_a, also_in_b])
     assert [r["marketing_opt_in"] for r in consent] == [True, False]  # opt-in: only the contact that wrote
+    history = await db.fetch("SELECT workspace, opted_in, source, detail FROM consent_events WHERE wa_id = $1"
+                             " ORDER BY at, workspace", other)
+    assert [(r["workspace"], r["opted_in"], r["source"]) for r in history] == [
+        (a.workspace, False, "reply"), (b_ws, False, "reply"), (a.workspace, True, "reply")]
+    assert history[0]["detail"].startswith("opt_out (wamid.in.")
+
+
+async def test_a_first_message_to_a_workspaces_number_stays_in_that_workspace(
+        db: Database, uniq: str, phone_factory) -> None:
+    """Known in workspace A only, never messaged by B's number: writing to B's number opens B's
+    conversation (B's teams, a new contact in B), not A's."""
+    a = await make_env(db, uniq, workspace=f"wsa_{uniq}", number=f"pna{uniq}")
+    b = await make_env(db, uniq, workspace=f"wsb_{uniq}", number=f"pnb{uniq}")
+    wa_id = phone_factory()
+    await add_contact(db, a, wa_id)
+    [out] = await b.inbox.handle_messages(db, value_for(b, wa_id, text("hello")))
+    assert out.workspace == b.workspace
+    assert (await contact_row(db, b, wa_id))["status"] == "unassigned"
