@@ -345,6 +345,7 @@ class ApplyWorker:
                                    [c.field for _, c in changes],
                                    [orjson.dumps(jsonable(c.value)).decode() for _, c in changes])
             await conn.execute(MARK_PROCESSED_SQL, claimed)
+        claimed.clear()  # committed: a failure from here on must not dead-letter an applied body
         self._after_batch(len(rows), statuses, result, len(dead), len(changes))
         for r in replies:
             if r.status == "failed":
