@@ -49,6 +49,14 @@ def _translate(exc: BaseException, sql: str | None = None) -> DatabaseError:
     return DatabaseError(f"database error: {exc}{where}")
 
 
+def _terminate(raw: Any) -> None:
+    """Close a pooled connection whose release failed. A release that failed part-way (the server
+    went away meanwhile) has already handed the connection back, and the pool closes it itself:
+    asyncpg then refuses terminate() with InterfaceError, which means there is nothing left to do."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        raw.terminate()
+
+
 class DatabaseUnavailable(DatabaseError):
     """Postgres cannot be reached or the connection dropped; retrying later may work."""
 
@@ -157,9 +165,9 @@ class Database(_Executor):
                 try:
                     await aio_as_trio(self._pool.release)(raw)
                 except _TRANSLATE:
-                    raw.terminate()
+                    _terminate(raw)
             if scope.cancelled_caught:
-                raw.terminate()
+                _terminate(raw)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

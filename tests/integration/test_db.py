@@ -43,3 +43,20 @@ async def test_unreachable_server_names_the_fix() -> None:
     with pytest.raises(DatabaseUnavailable, match=r"^cannot connect to Postgres at postgresql://nobody@127\.0\.0\.1:1/x"):
         async with open_db("postgresql://nobody:secret@127.0.0.1:1/x"):
             pass
+
+
+async def test_terminating_a_connection_already_handed_back_is_a_no_op(db_url: str) -> None:
+    """What a release that failed part-way leaves (seen when the cluster stopped under a worker):
+    asyncpg refuses terminate() on the proxy; the pool must go on working."""
+    import asyncpg
+    from trio_asyncio import aio_as_trio
+
+    from broadcaster.db import _terminate
+
+    async with open_db(db_url, max_size=1) as small:
+        raw = await aio_as_trio(small._pool.acquire)()
+        await aio_as_trio(small._pool.release)(raw)
+        with pytest.raises(asyncpg.InterfaceError):
+            raw.terminate()
+        _terminate(raw)
+        assert await small.fetchval("SELECT 1") == 1
