@@ -96,9 +96,9 @@ async def prepare(db_url: str, n: int, tag: str) -> str:
         ws = f"bench_{tag}"
         await db.execute("INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT DO NOTHING", ws)
         await db.execute(
-            "INSERT INTO contacts (workspace, wa_id, external_id, name, language, genre)"
+            "INSERT INTO contacts (workspace, wa_id, external_id, name, language, genre, marketing_opt_in)"
             " SELECT $1, (919000000000 + g)::text, 'cr_' || g, 'Creator ' || g,"
-            "   (ARRAY['hi','ta','te','bn','en'])[1 + g % 5], 'comedy'"
+            "   (ARRAY['hi','ta','te','bn','en'])[1 + g % 5], 'comedy', true"
             " FROM generate_series(1, $2::int) AS g ON CONFLICT DO NOTHING", ws, n)
         await create_segment(db, f"seg_{tag}", SegmentFilter(workspace=ws))
         name = f"bench_{tag}"

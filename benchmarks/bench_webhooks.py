@@ -79,8 +79,8 @@ async def seed(db: Database, tag: str, n: int) -> list[tuple[str, str]]:
     rows = await db.fetch(
         """
         WITH c AS (
-            INSERT INTO contacts (workspace, wa_id)
-            SELECT $1, '91' || lpad(i::text, 10, '0') FROM generate_series(1, $2) AS i
+            INSERT INTO contacts (workspace, wa_id, marketing_opt_in)
+            SELECT $1, '91' || lpad(i::text, 10, '0'), true FROM generate_series(1, $2) AS i
             RETURNING id, wa_id
         )
         INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, wamid, accepted_at)

@@ -103,7 +103,7 @@ async def test_campaign_gauges_come_from_the_ledger(db: Database, uniq: str) -> 
     ws = f"ws_{uniq}"
     await db.execute("INSERT INTO workspaces (name) VALUES ($1)", ws)
     await db.execute(
-        "INSERT INTO contacts (workspace, wa_id) SELECT $1, '9170000' || lpad(g::text, 5, '0')"
+        "INSERT INTO contacts (workspace, wa_id, marketing_opt_in) SELECT $1, '9170000' || lpad(g::text, 5, '0'), true"
         " FROM generate_series(1, 6) AS g", ws)
     await db.execute("INSERT INTO segments (name, workspace, filter) VALUES ($1, $2, $3::jsonb)",
                      f"seg_{uniq}", ws, json.dumps({"workspace": ws}))

@@ -60,8 +60,8 @@ async def make_ledger(db: Database, uniq: str, n: int, *, state: str = "accepted
     rows = await db.fetch(
         """
         WITH c AS (
-            INSERT INTO contacts (workspace, wa_id, name)
-            SELECT $1, '91' || lpad(($2 + i)::text, 10, '0'), 'Creator ' || i FROM generate_series(1, $3) AS i
+            INSERT INTO contacts (workspace, wa_id, name, marketing_opt_in)
+            SELECT $1, '91' || lpad(($2 + i)::text, 10, '0'), 'Creator ' || i, true FROM generate_series(1, $3) AS i
             RETURNING id, wa_id
         )
         INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, wamid, lease_owner,
