@@ -58,6 +58,9 @@ class TransportConfig:
     write_timeout_s: float = 10.0
 
 
+KEEPALIVE_EXPIRY_S = 30.0  # an idle connection older than this is replaced before the next request
+
+
 class CloudApiTransport:
     """Factory of lanes for one sender number (`phone_number_id`)."""
 
@@ -118,10 +121,15 @@ class Lane:
         if conn is not None:
             await conn.aclose()
 
-    def _connection(self) -> httpcore.AsyncHTTPConnection:
+    async def _connection(self) -> httpcore.AsyncHTTPConnection:
+        """The lane's connection, reopened when an idle one expired (KEEPALIVE_EXPIRY_S) or the
+        server closed it while idle: a request is never written into a connection the server has
+        given up on (its failure would leave the outcome unknown although nothing was sent)."""
+        if self._conn is not None and self._conn.has_expired():
+            await self.aclose()
         if self._conn is None:
             self._conn = httpcore.AsyncHTTPConnection(
-                self._t._origin, ssl_context=self._t._ssl, keepalive_expiry=30.0)
+                self._t._origin, ssl_context=self._t._ssl, keepalive_expiry=KEEPALIVE_EXPIRY_S)
         return self._conn
 
     async def send(self, body: bytes) -> SendResult:
@@ -134,7 +142,7 @@ class Lane:
         """
         self.requests += 1
         for attempt in (0, 1):
-            conn = self._connection()
+            conn = await self._connection()
             try:
                 resp = await conn.request(
                     b"POST", self._t._request_url, headers=self._t._headers, content=body,
