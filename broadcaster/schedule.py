@@ -474,6 +474,16 @@ class RetryRun:
     skipped: dict[str, int]     # recipients not retried: blocked, opted out, frequency cap since
 
 
+# Recipient `l` of campaign $2 is already in an earlier retry of it (whatever happened there).
+_IN_EARLIER_RETRY = """EXISTS (SELECT 1 FROM campaigns rc JOIN ledger r ON r.campaign_id = rc.id
+                            WHERE rc.retry_of = $2 AND r.wa_id = l.wa_id)"""
+_RETRY_CANDIDATES = f"""
+SELECT count(*) FILTER (WHERE NOT {_IN_EARLIER_RETRY.replace("$2", "$1")}) AS fresh,
+       (SELECT string_agg(name, ', ' ORDER BY id DESC) FROM campaigns WHERE retry_of = $1) AS earlier
+FROM ledger l WHERE l.campaign_id = $1 AND l.state = 'failed' AND l.error_code = ANY($2::int[])
+"""
+
+
 async def create_retry(db: Database, name: str, codes: list[int], *, new_name: str | None = None) -> RetryRun:
     """A follow-up campaign for exactly the recipients of `name` that failed with one of `codes`.
 
@@ -482,9 +492,12 @@ async def create_retry(db: Database, name: str, codes: list[int], *, new_name: s
     MARKETING opted out / frequency cap). It is left `paused` (reason `retry_ready`): `campaign
     resume NEW` sends it, so nothing goes out before a manager looks at it.
 
+    Recipients an earlier retry of `name` already holds are left out (whatever happened to them
+    there: retry that retry instead), so running it twice never messages anyone twice.
+
     Raises:
-        UsageError: no codes, or no failed recipient has any of them (the message lists the
-            campaign's failures by code).
+        UsageError: no codes, no failed recipient has any of them (the message lists the
+            campaign's failures by code), or every such recipient is in an earlier retry.
     """
     if not codes:
         raise UsageError("--codes: give at least one error code, e.g. --codes 131000,131049")
@@ -496,6 +509,11 @@ async def create_retry(db: Database, name: str, codes: list[int], *, new_name: s
         have = ", ".join(f"{code}×{n}" for code, n in sorted(failures.items(), key=lambda kv: -kv[1])) or "none"
         raise UsageError(f"campaign '{name}' has no failed recipients with code(s) "
                          f"{', '.join(map(str, codes))}; its failures: {have}")
+    fresh, earlier = await db.fetchrow(_RETRY_CANDIDATES, source.id, codes)
+    if not fresh:
+        raise UsageError(f"every recipient of '{name}' that failed with code(s) {', '.join(map(str, codes))} is "
+                         f"already in an earlier retry ({earlier}): retry that one, e.g. "
+                         f"`broadcaster campaign retry-failed {earlier.split(', ')[0]} --codes …`")
     if new_name is None:
         taken = await db.fetchval("SELECT count(*) FROM campaigns WHERE name LIKE $1 || '-retry-%'", name)
         new_name = f"{name}-retry-{taken + 1}"
@@ -508,8 +526,8 @@ async def create_retry(db: Database, name: str, codes: list[int], *, new_name: s
     async with db.transaction() as conn:
         await conn.execute(
             "UPDATE campaigns SET state = 'paused', pause_reason = 'retry_ready', pause_detail = $2,"
-            " audience_frozen_at = now(), updated_at = now() WHERE id = $1 AND state = 'draft'",
-            follow.id, orjson.dumps(detail).decode())
+            " retry_of = $3, audience_frozen_at = now(), updated_at = now() WHERE id = $1 AND state = 'draft'",
+            follow.id, orjson.dumps(detail).decode(), source.id)
         cap = await conn.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", source.workspace)
         await conn.execute(
             f"""
@@ -519,6 +537,7 @@ async def create_retry(db: Database, name: str, codes: list[int], *, new_name: s
             FROM ledger l JOIN contacts c ON c.id = l.contact_id
             CROSS JOIN LATERAL (SELECT {skip_reason_sql(4, 5)} AS reason) s
             WHERE l.campaign_id = $2 AND l.state = 'failed' AND l.error_code = ANY($3::int[])
+              AND NOT {_IN_EARLIER_RETRY}
             ON CONFLICT (campaign_id, wa_id) DO NOTHING
             """,
             follow.id, source.id, codes, is_marketing(category), cap)

@@ -204,9 +204,12 @@ def retry_failed_cmd(
     new_name: str | None = typer.Option(None, "--name", help="name of the follow-up (default NAME-retry-N)"),
     send: bool = typer.Option(False, "--send", help="send it now in the foreground (else it waits, paused)"),
 ) -> None:
-    """Create a follow-up campaign for exactly the recipients that failed with these codes."""
+    """Create a follow-up campaign for exactly the recipients that failed with these codes (those an
+    earlier retry of NAME already holds are left out)."""
 
     async def main() -> None:
+        if new_name is not None:
+            camp.check_new_campaign(new_name, unknown_grace_s=0)
         async with database(max_size=8) as db:
             retry = await sched.create_retry(db, name, _codes(codes), new_name=new_name)
             skipped = ", ".join(f"{r} {n}" for r, n in retry.skipped.items())

@@ -187,3 +187,9 @@ def test_db_prune_refuses_a_bad_or_too_short_age(migrated: str, age: str, messag
     r = cli("db", "prune", "--older-than", age)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith("error: --older-than") and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_retry_failed_refuses_a_name_scripts_cannot_use(migrated: str) -> None:
+    r = cli("campaign", "retry-failed", "anything", "--codes", "131000", "--name", "bad name!")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "campaign name 'bad name!' is not allowed" in r.stderr

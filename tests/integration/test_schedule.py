@@ -13,6 +13,7 @@ import trio
 
 from broadcaster.campaigns import cancel, create_campaign, get_campaign, launch
 from broadcaster.db import Database, open_db
+from broadcaster.errors import UsageError
 from broadcaster.ledger import LedgerStore
 from broadcaster.schedule import (
     ScheduleRequest,
@@ -314,3 +315,14 @@ async def test_retry_follow_up_sends_exactly_the_failed_recipients(db: Database,
     assert (await get_campaign(db, follow.name)).state == "completed"
     second = await create_retry(db, campaign.name, [131026], new_name=None)
     assert second.campaign.name == f"{campaign.name}-retry-2" and second.to_send == 2
+
+    # the same codes again: everyone is already in retry-1 (resumed, so its pause detail is gone)
+    with pytest.raises(UsageError, match=rf"already in an earlier retry \({campaign.name}-retry-2, "
+                                         rf"{campaign.name}-retry-1\)"):
+        await create_retry(db, campaign.name, [131000, 131049])
+    # overlapping codes: only the recipients no retry holds yet
+    await db.execute("UPDATE ledger SET state = 'failed', error_code = 131000, failed_at = now() WHERE id = $1",
+                     ids[7])
+    third = await create_retry(db, campaign.name, [131000, 131026])
+    rows = await db.fetch("SELECT wa_id FROM ledger WHERE campaign_id = $1", third.campaign.id)
+    assert [r["wa_id"] for r in rows] == [await db.fetchval("SELECT wa_id FROM ledger WHERE id = $1", ids[7])]
