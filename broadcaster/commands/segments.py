@@ -56,7 +56,14 @@ def _given(**options: Any) -> dict[str, Any]:
     for key, value in options.items():
         if value is None or value == []:
             continue
-        out[_LIST_OPTIONS.get(key, key)] = _split(value) if key in _LIST_OPTIONS else value
+        if key in _LIST_OPTIONS:
+            parts = _split(value)
+            if not parts:  # an empty shell variable must not widen the segment to everyone
+                flag = "--" + key.replace("_", "-")
+                raise UsageError(f"{flag} {value[0]!r}: no value given; to drop this condition use "
+                                 f"`segments edit NAME --clear {_LIST_OPTIONS[key]}`")
+            value = parts
+        out[_LIST_OPTIONS.get(key, key)] = value
     return out
 
 

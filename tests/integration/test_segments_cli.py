@@ -49,3 +49,19 @@ def test_errors_are_one_line_with_exit_codes(db_url: str, uniq: str) -> None:
     assert result.output.startswith("error: segment filter field 'followers_max': must be ≥ followers_min (10)")
     result = runner.invoke(app, ["edit", f"nope_{uniq}", "--clear", "bogus"])
     assert result.exit_code == 1  # the segment is looked up first
+
+
+def test_an_empty_value_never_widens_a_segment(db_url: str, uniq: str, tmp_path: Path) -> None:
+    """`--language "$LANG"` with LANG unset must not turn into "every language"."""
+    ws = f"segempty_{uniq}"
+    path = tmp_path / "c.csv"
+    path.write_text("phone,genre,language\n9800000004,comedy,hi\n9800000005,news,ta\n", encoding="utf-8")
+    assert runner.invoke(contacts_app, ["import", str(path), "-w", ws]).exit_code == 0
+    name = f"e_{uniq}"
+    _ok(["create", name, "-w", ws, "--language", "hi"])
+    for args in (["create", f"e2_{uniq}", "-w", ws, "--language", ""], ["edit", name, "--language", " , "],
+                 ["edit", name, "--genre", ""]):
+        result = runner.invoke(app, args, terminal_width=200)
+        assert result.exit_code == 2, result.output
+        assert "no value given; to drop this condition use `segments edit NAME --clear" in result.output
+    assert _ok(["count", name]).split()[0] == "1"  # unchanged
