@@ -404,7 +404,10 @@ async def _run_for_slot(db: Database, sched: Schedule, slot: datetime, tz: ZoneI
         # the name exists: adopt it only if it is the draft an interrupted firing left behind
         run = await get_campaign(db, name)
         taken = await db.fetchval("SELECT 1 FROM schedule_runs WHERE campaign_id = $1", run.id)
-        if run.state != "draft" or taken or run.segment != definition.segment:
+        same = (run.segment, run.template_name, run.variables, run.default_language, run.phone_number_id) == (
+            definition.segment, definition.template_name, definition.variables, definition.default_language,
+            definition.phone_number_id)
+        if run.state != "draft" or taken or not same:
             raise StateError(f"campaign name '{name}' for the {format_local(slot, tz)} run of "
                              f"'{definition.name}' is taken by another campaign; rename that one") from None
     await db.execute(

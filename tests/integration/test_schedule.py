@@ -205,6 +205,22 @@ async def test_interrupted_firing_reuses_its_draft_run(db: Database, uniq: str, 
     assert [n for _, _, n in await _runs(db, series)] == [2]
 
 
+async def test_a_draft_with_the_runs_name_but_another_template_is_not_adopted(
+        db: Database, uniq: str, phone_factory) -> None:
+    series, first = await _every(db, uniq, [phone_factory() for _ in range(2)])
+    definition = await get_campaign(db, series)
+    assert definition.template_name != "creator_tips_update"
+    stranger = await create_campaign(db, run_name(series, first, IST), segment=definition.segment,
+                                     template="creator_tips_update",
+                                     variables={"first_name": "contact.name",
+                                                "tip_link": "https://creators.example.in/handbook/views"},
+                                     default_language="hi")
+    fired = [f for f in await tick(db, first) if f.campaign == series]
+    assert [f.outcome for f in fired] == ["failed"]
+    assert "is taken by another campaign" in (fired[0].error or "")
+    assert (await get_campaign(db, stranger.name)).state == "draft"  # not launched under the series
+
+
 async def test_a_failed_firing_is_recorded_and_the_series_goes_on(db: Database, uniq: str,
                                                                   phone_factory) -> None:
     series, first = await _every(db, uniq, [phone_factory()])
