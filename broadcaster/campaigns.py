@@ -270,6 +270,9 @@ async def launch(db: Database, name: str) -> LaunchResult:
     if campaign.state == "paused":
         raise StateError(f"campaign '{name}' is paused ({campaign.pause_reason}): "
                          f"use `broadcaster campaign resume {name}`")
+    if campaign.state == "recurring":
+        raise StateError(f"campaign '{name}' is a recurring series: the scheduler launches one campaign per "
+                         f"slot (`broadcaster scheduler tick|run`); `campaign list` shows its runs")
     compiled, category = await compile_for(db, campaign)
     if campaign.state == "running":
         return LaunchResult(campaign, False, 0)

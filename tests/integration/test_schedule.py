@@ -13,7 +13,7 @@ import trio
 
 from broadcaster.campaigns import cancel, create_campaign, get_campaign, launch
 from broadcaster.db import Database, open_db
-from broadcaster.errors import UsageError
+from broadcaster.errors import StateError, UsageError
 from broadcaster.ledger import LedgerStore
 from broadcaster.schedule import (
     ScheduleRequest,
@@ -219,6 +219,13 @@ async def test_a_draft_with_the_runs_name_but_another_template_is_not_adopted(
     assert [f.outcome for f in fired] == ["failed"]
     assert "is taken by another campaign" in (fired[0].error or "")
     assert (await get_campaign(db, stranger.name)).state == "draft"  # not launched under the series
+
+
+async def test_a_recurring_series_itself_cannot_be_launched(db: Database, uniq: str, phone_factory) -> None:
+    series, _ = await _every(db, uniq, [phone_factory()])
+    with pytest.raises(StateError, match="is a recurring series: the scheduler launches one campaign per slot"):
+        await launch(db, series)
+    assert (await get_campaign(db, series)).state == "recurring"
 
 
 async def test_a_failed_firing_is_recorded_and_the_series_goes_on(db: Database, uniq: str,
