@@ -73,6 +73,9 @@ def set_cmd(
             if value is not _KEEP:
                 changes[key] = value
         if window_min is not None:
+            if not 1 / 6 <= window_min <= 24 * 60:  # also refuses nan and inf
+                raise UsageError(f"--window-min {window_min:g}: the window must be 0.17 to 1440 minutes "
+                                 "(10 s to 24 h)")
             changes["window_s"] = round(window_min * 60)
         if min_sample is not None:
             changes["min_sample"] = min_sample

@@ -193,3 +193,10 @@ def test_retry_failed_refuses_a_name_scripts_cannot_use(migrated: str) -> None:
     r = cli("campaign", "retry-failed", "anything", "--codes", "131000", "--name", "bad name!")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "campaign name 'bad name!' is not allowed" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "2000"])
+def test_guards_window_out_of_range_is_a_usage_error(migrated: str, value: str) -> None:
+    r = cli("health", "guards", "set", "--workspace", "originals", "--window-min", value)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the window must be 0.17 to 1440 minutes" in r.stderr and "Traceback" not in r.stderr
