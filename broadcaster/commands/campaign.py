@@ -135,7 +135,7 @@ async def _drive(db: camp.Database, campaign_id: int, options: RunOptions, *, qu
     console.print(f"campaign '{c.name}' is {state}: accepted by WhatsApp {reached}, failed "
                   f"{counts['failed']}, skipped {counts['skipped']}, unknown {counts['unknown']}, "
                   f"pending {counts['pending']}"
-                  + (f", in flight at other workers {counts['claimed']}" if counts["claimed"] else ""))
+                  + (f", claimed (in flight) {counts['claimed']}" if counts["claimed"] else ""))
     if c.state == "paused" and c.pause_reason not in OPERATOR_PAUSES:
         # the engine stopped it (circuit breaker, tier, health guard, …): scripts must see that
         raise typer.Exit(EXIT_PAUSED_BY_ENGINE)
