@@ -255,6 +255,39 @@ async def get_schedule(db: Database | Connection, name: str) -> Schedule:
     return Schedule(**dict(row))
 
 
+async def pause_series(db: Database, name: str) -> Schedule:
+    """Stop a recurring series from firing (a holiday, a template under review); runs already
+    launched are not touched. `resume_series` continues it.
+
+    Raises:
+        StateError: the series is not active (already paused, cancelled, …).
+    """
+    sched = await get_schedule(db, name)
+    moved = await db.fetchval("UPDATE schedules SET state = 'paused', updated_at = now()"
+                              " WHERE id = $1 AND kind = 'every' AND state = 'active' RETURNING id", sched.id)
+    if moved is None:
+        raise StateError(f"series '{name}' is {sched.state}, not active: nothing to pause")
+    log.info("schedule_paused campaign=%s", name)
+    return await get_schedule(db, name)
+
+
+async def resume_series(db: Database, name: str, *, now: datetime | None = None) -> Schedule:
+    """A paused series fires again from its next slot after `now`; the slots it was paused over are
+    not fired late.
+
+    Raises:
+        StateError: the series is not paused.
+    """
+    sched = await get_schedule(db, name)
+    if sched.kind != "every" or sched.state != "paused" or sched.cron is None:
+        raise StateError(f"series '{name}' is {sched.state}, not paused: nothing to resume")
+    following = parse_cron(sched.cron).next_after(now or utc_now(), zone(sched.timezone))
+    await db.execute("UPDATE schedules SET state = 'active', next_run_at = $2, updated_at = now()"
+                     " WHERE id = $1 AND state = 'paused'", sched.id, following)
+    log.info("schedule_resumed campaign=%s next=%s", name, following.isoformat())
+    return await get_schedule(db, name)
+
+
 async def list_schedules(db: Database) -> list[Schedule]:
     rows = await db.fetch(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules s JOIN campaigns c ON c.id = s.campaign_id"
                           " ORDER BY s.id")

@@ -202,9 +202,13 @@ def resume_cmd(name: str, detach: bool = typer.Option(False, "--detach"),
     """paused → running (pre-flight again); continues with exactly the unsettled recipients."""
 
     async def main() -> None:
-        if not detach:
-            settings().require("whatsapp_token")
         async with database(max_size=8) as db:
+            if (await camp.get_campaign(db, name)).state == "recurring":
+                series = await sched.resume_series(db, name)
+                console.print(f"series '{name}' is active again: {series.describe()}", markup=False)
+                return
+            if not detach:
+                settings().require("whatsapp_token")
             c = await camp.resume(db, name, force=force)
             console.print(f"campaign '{name}' is running again")
             if not detach:
@@ -215,10 +219,16 @@ def resume_cmd(name: str, detach: bool = typer.Option(False, "--detach"),
 
 @app.command("pause")
 def pause_cmd(name: str) -> None:
-    """running → paused; workers stop claiming its rows (in-flight sends finish)."""
+    """running → paused; workers stop claiming its rows (in-flight sends finish). A recurring series
+    stops firing new runs."""
 
     async def main() -> None:
         async with database() as db:
+            if (await camp.get_campaign(db, name)).state == "recurring":
+                await sched.pause_series(db, name)
+                console.print(f"series '{name}' is paused: no new runs until `broadcaster campaign resume {name}` "
+                              "(runs already launched go on)", markup=False)
+                return
             await camp.pause(db, name)
         console.print(f"campaign '{name}' is paused")
 

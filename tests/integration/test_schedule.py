@@ -228,6 +228,25 @@ async def test_a_recurring_series_itself_cannot_be_launched(db: Database, uniq: 
     assert (await get_campaign(db, series)).state == "recurring"
 
 
+async def test_a_paused_series_fires_nothing_and_resumes_from_its_next_slot(
+        db: Database, uniq: str, phone_factory) -> None:
+    from broadcaster.schedule import pause_series, resume_series
+
+    series, first = await _every(db, uniq, [phone_factory()])
+    paused = await pause_series(db, series)
+    assert paused.state == "paused" and paused.describe().endswith("(paused)")
+    with pytest.raises(StateError, match="is paused, not active: nothing to pause"):
+        await pause_series(db, series)
+    assert [f for f in await tick(db, first + timedelta(days=2)) if f.campaign == series] == []
+    resumed = await resume_series(db, series, now=first + timedelta(days=2, hours=1))
+    assert (resumed.state, resumed.next_run_at) == ("active", first + timedelta(days=3))  # paused-over slots skipped
+    with pytest.raises(StateError, match="is active, not paused: nothing to resume"):
+        await resume_series(db, series)
+    fired = [f for f in await tick(db, first + timedelta(days=3)) if f.campaign == series]
+    assert [f.outcome for f in fired] == ["started"]
+    assert [n for _, _, n in await _runs(db, series)] == [1]
+
+
 async def test_a_failed_firing_is_recorded_and_the_series_goes_on(db: Database, uniq: str,
                                                                   phone_factory) -> None:
     series, first = await _every(db, uniq, [phone_factory()])

@@ -95,6 +95,19 @@ def test_create_every_lists_the_next_runs(db_url: str, uniq: str, phone_factory)
     assert out.count(" 18:30 GMT (") == 3
 
 
+def test_pause_and_resume_a_series_from_the_cli(db_url: str, uniq: str, phone_factory) -> None:
+    _draft(db_url, uniq, [phone_factory()])
+    name = f"ser_{uniq}"
+    ok(campaign_app, *_create_args(uniq, name), "--every", "0 10 * * *")
+    out = one_line(ok(campaign_app, "pause", name))
+    assert out == f"series '{name}' is paused: no new runs until `broadcaster campaign resume {name}` " \
+                  "(runs already launched go on)"
+    assert _fetch(db_url, "SELECT s.state FROM schedules s JOIN campaigns c ON c.id = s.campaign_id"
+                          " WHERE c.name = $1", name) == [{"state": "paused"}]
+    out = one_line(ok(campaign_app, "resume", name, env={"WHATSAPP_TOKEN": ""}))  # no token needed for a series
+    assert out.startswith(f"series '{name}' is active again: every '0 10 * * *' Asia/Kolkata, next ")
+
+
 def test_bad_schedule_options_exit_2_and_create_nothing(db_url: str, uniq: str, phone_factory) -> None:
     _draft(db_url, uniq, [phone_factory()])
     for extra, message in ((["--at", "2026-12-04 10:00", "--tz", "Mars/Base"], "error: --tz 'Mars/Base': unknown"),
