@@ -46,6 +46,7 @@ from broadcaster.errors import DatabaseError, InputError, NotFoundError, UsageEr
 from segments.canon import WHATSAPP_LANGUAGES
 from segments.errors import SegmentsError
 from segments.parsing import COLUMNS, ContactFile, RawRow, open_contact_file
+from segments.phones import is_wa_id
 from segments.rows import ContactRow, Rejection, clean_row
 
 __all__ = ["CONSENT_SOURCES", "ImportSummary", "import_contacts", "mark_opted_in", "mark_opted_out",
@@ -459,7 +460,7 @@ async def _vacuum_after(db: Database, summary: ImportSummary) -> None:
 
 def _wa_id(raw: str) -> str:
     digits = raw.strip().lstrip("+")
-    if not (digits.isdigit() and digits.isascii() and 6 <= len(digits) <= 15):
+    if not is_wa_id(digits):
         raise InputError(f"'{raw[-4:] if len(raw) > 4 else raw}…' is not a WhatsApp id (6-15 digits)")
     return digits
 

@@ -26,7 +26,7 @@ from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
 
 from segments.errors import InvalidPhone
 
-__all__ = ["InvalidPhone", "mask_phone", "normalize_phone"]
+__all__ = ["InvalidPhone", "is_wa_id", "mask_phone", "normalize_phone"]
 
 MAX_RAW_LENGTH = 64  # characters; anything longer is not a phone number someone typed
 
@@ -237,6 +237,11 @@ def _check_type(number: phonenumbers.PhoneNumber, digits: str, kind: int | None 
         label = PhoneNumberType.to_string(kind).lower()
         raise InvalidPhone("not_mobile", f"a {label} number, not a mobile")
     return digits
+
+
+def is_wa_id(text: str) -> bool:
+    """A WhatsApp id as the API writes it: 6-15 ASCII digits (E.164 without '+')."""
+    return text.isascii() and text.isdigit() and 6 <= len(text) <= 15
 
 
 def mask_phone(wa_id: str) -> str:

@@ -9,13 +9,13 @@ contact replied to (a broadcast's wamid links the reply to its campaign).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from broadcaster.inbound.statuses import MAX_WAMID
+from segments.phones import is_wa_id
 
 __all__ = ["MEDIA_TYPES", "InboundMessage", "MalformedMessage", "parse_message"]
 
@@ -40,9 +40,6 @@ class InboundMessage:
     user_id: str | None = None
     profile_name: str | None = None
     phone_number_id: str | None = None
-
-
-_WA_ID = re.compile(r"[1-9][0-9]{6,17}")  # E.164 digits without '+': country code + number
 
 
 def _str(value: object) -> str | None:
@@ -78,7 +75,7 @@ def parse_message(message: Mapping[str, Any], contacts: list[Any], metadata: Map
     if wa_id is None:
         raise MalformedMessage(f"inbound message {wamid}: no `from` and no contact wa_id "
                                "(a username-only user); it is not routed")
-    if not _WA_ID.fullmatch(wa_id):
+    if not is_wa_id(wa_id):
         raise MalformedMessage(f"inbound message {wamid}: sender {wa_id[:24]!r} is not a WhatsApp number")
     profile = contact.get("profile")
     kind = _str(message.get("type")) or "unknown"
