@@ -209,6 +209,11 @@ def is_marketing(category: str | None) -> bool:
     return (category or "").strip().upper() not in NON_MARKETING_CATEGORIES
 
 
+async def marketing_cap(db: Database | Connection, workspace: str) -> int | None:
+    """The workspace's marketing frequency cap per 24 h (None: no cap): skip_reason_sql's cap."""
+    return await db.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", workspace)
+
+
 def skip_reason_sql(marketing_param: int, cap_param: int) -> str:
     """Why contact `c` is skipped before any send (NULL: sendable) — one rule for every freeze.
 
@@ -236,7 +241,7 @@ async def freeze_audience(conn: Connection, campaign: Campaign, compiled: Compil
         f"SELECT DISTINCT c.language FROM contacts c WHERE {where}", *params)]
     src = [lang for lang in languages if lang is not None]
     chosen = [compiled.choose_language(lang) for lang in src]
-    cap = await conn.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", campaign.workspace)
+    cap = await marketing_cap(conn, campaign.workspace)
     where, params = compile_filter(seg, first_param=7, alias="c")
     status = await conn.execute(
         f"""

@@ -40,6 +40,7 @@ from broadcaster.campaigns import (
     freeze_audience,
     get_campaign,
     is_marketing,
+    marketing_cap,
     skip_reason_sql,
 )
 from broadcaster.db import Connection, Database
@@ -325,7 +326,7 @@ async def _segment_counts(db: Database, campaign: Campaign) -> tuple[list[dict[s
         variants = await load_variants(db, campaign.template_name)
         default = variants.get(campaign.default_language) or next(iter(variants.values()))
         category = default.category
-    cap = await db.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", campaign.workspace)
+    cap = await marketing_cap(db, campaign.workspace)
     where, params = compile_filter(seg, first_param=3, alias="c")
     rows = await db.fetch(
         f"SELECT COALESCE(c.language, '?') AS language, s.reason, count(DISTINCT c.wa_id)::bigint AS n"

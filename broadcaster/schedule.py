@@ -45,6 +45,7 @@ from broadcaster.campaigns import (
     get_campaign_by_id,
     is_marketing,
     launch,
+    marketing_cap,
     skip_reason_sql,
 )
 from broadcaster.cron import Cron, parse_cron
@@ -564,7 +565,7 @@ async def create_retry(db: Database, name: str, codes: list[int], *, new_name: s
             "UPDATE campaigns SET state = 'paused', pause_reason = 'retry_ready', pause_detail = $2,"
             " retry_of = $3, audience_frozen_at = now(), updated_at = now() WHERE id = $1 AND state = 'draft'",
             follow.id, orjson.dumps(detail).decode(), source.id)
-        cap = await conn.fetchval("SELECT marketing_cap_24h FROM workspaces WHERE name = $1", source.workspace)
+        cap = await marketing_cap(conn, source.workspace)
         await conn.execute(
             f"""
             INSERT INTO ledger (campaign_id, contact_id, wa_id, language, state, skip_reason)
