@@ -3,19 +3,11 @@ one that the engine paused (circuit breaker) does not exit 0."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import trio
 
 from broadcaster.db import open_db
-from tests.chaos.procs import ROOT, Sandbox, base_env
+from tests.chaos.procs import Sandbox, base_env, run_cli
 from tests.integration.factories import campaign_for
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 def _state(db_url: str, name: str) -> tuple[str, str | None, int]:
@@ -37,7 +29,7 @@ def test_launch_without_a_token_names_it_and_freezes_nothing(db_url: str, uniq: 
     env = base_env(db_url, "http://127.0.0.1:9")
     del env["WHATSAPP_TOKEN"]
     for args in (("campaign", "launch", name), ("worker",)):
-        r = _cli(env, *args)
+        r = run_cli(env, *args)
         assert r.returncode == 1, r.stdout + r.stderr
         assert "WHATSAPP_TOKEN" in r.stderr
     assert _state(db_url, name) == ("draft", None, 0)
@@ -53,13 +45,13 @@ def test_a_launch_the_circuit_breaker_paused_exits_3(db_url: str, uniq: str, pho
     try:
         sandbox.call("POST", "faults", {"template_status": {"daily_campaign_invite/hi": "PAUSED"}})
         env = base_env(db_url, sandbox.base_url)
-        r = _cli(env, "campaign", "launch", name, "--quiet")
+        r = run_cli(env, "campaign", "launch", name, "--quiet")
         assert r.returncode == 3, r.stdout + r.stderr
         assert "circuit_breaker:132015" in r.stdout and f"campaign resume {name}" in r.stdout
         state, reason, _ = _state(db_url, name)
         assert (state, reason) == ("paused", "circuit_breaker:132015")
         sandbox.call("POST", "faults", {})
-        r = _cli(env, "campaign", "resume", name, "--quiet")
+        r = run_cli(env, "campaign", "resume", name, "--quiet")
         assert r.returncode == 0, r.stdout + r.stderr
         assert _state(db_url, name)[0] == "completed"
     finally:
